@@ -1,0 +1,88 @@
+"""The CLIP family (and CoCa / other open_clip architectures), built by open_clip itself.
+
+open_clip stays the source of truth for these architectures: evalkit only registers the config,
+asks open_clip to build it, and loads weights through its own safe reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from evalkit.models.family import ModelFamily, register_family
+
+
+def _registered_name(model_name: str, model_cfg: dict[str, Any]) -> str:
+    """Register `model_cfg` with open_clip under a stable name and return it."""
+    import open_clip
+    from open_clip import factory
+
+    if open_clip.get_model_config(model_name) == model_cfg:
+        return model_name
+    digest = hashlib.sha1(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:12]
+    base = model_name.split(":")[-1].split("/")[-1]
+    name = f"evalkit-{base}-{digest}"
+    if "coca" in model_name.lower():
+        name = f"coca-{name}"
+    factory._MODEL_CONFIGS[name] = dict(model_cfg)
+    return name
+
+
+@register_family
+class CLIPFamily(ModelFamily):
+    name = "clip"
+    text_pooling = "eot"
+
+    @classmethod
+    def matches(cls, model_name: str, model_cfg: dict[str, Any]) -> bool:
+        return True
+
+    @classmethod
+    def build(cls, model_name: str, model_cfg: dict[str, Any]) -> torch.nn.Module:
+        import open_clip
+
+        model = open_clip.create_model(_registered_name(model_name, model_cfg), pretrained=None, device="cpu")
+        return model
+
+    @classmethod
+    def tokenizer(cls, model_name: str, model_cfg: dict[str, Any]) -> Callable[[list[str]], torch.Tensor]:
+        import open_clip
+
+        return open_clip.get_tokenizer(_registered_name(model_name, model_cfg))
+
+    @classmethod
+    def text_pooling_for(cls, model: torch.nn.Module) -> str:
+        """EOT pooling under a causal mask allows prompt truncation; anything else does not."""
+        pool = getattr(model, "text_pool_type", None)
+        if pool is None and hasattr(model, "text"):
+            pool = getattr(model.text, "pool_type", None)
+        has_mask = getattr(model, "attn_mask", None) is not None or getattr(getattr(model, "text", None), "attn_mask", None) is not None
+        return "eot" if pool in ("argmax", "eos", "last") and has_mask else "mean"
+
+    @classmethod
+    def prepare_state_dict(cls, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from open_clip.factory import convert_to_custom_text_state_dict
+        from open_clip.model import resize_pos_embed, resize_text_pos_embed
+
+        if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+            state = convert_to_custom_text_state_dict(state)
+        for key in ("logit_scale", "logit_bias"):
+            own = getattr(model, key, None)
+            if key in state and own is not None and own.ndim != state[key].ndim:
+                state[key] = state[key].reshape(own.shape)
+        if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None and "logit_scale" in state:
+            state["logit_bias"] = torch.zeros_like(state["logit_scale"])
+        state.pop("text.transformer.embeddings.position_ids", None)
+        resize_pos_embed(state, model)
+        resize_text_pos_embed(state, model)
+        return state
+
+    @classmethod
+    def image_patch_tokens(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Final-block patch tokens (no CLS, no ln_post) from open_clip's `forward_intermediates`."""
+        out = model.visual.forward_intermediates(images, indices=1, output_fmt="NLC", intermediates_only=True)
+        return out["image_intermediates"][-1]

@@ -1,0 +1,134 @@
+"""From a `ModelSpec` to a `LoadedModel`: resolve the source, pick the family, build, load safely."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evalkit.models import clip as _clip  # noqa: F401  (registers the family)
+from evalkit.models.checkpoint import CheckpointError, load_into, read_state_dict
+from evalkit.models.configs import ModelNotFound, get_arch_config, read_config_file
+from evalkit.models.family import LoadedModel, PreprocessCfg, family_for
+from evalkit.models.hub import read_dir_layout, resolve_hub
+from evalkit.models.spec import ModelSpec
+
+try:  # the MaMMUT family registers itself when its module is present
+    from evalkit.models import mammut as _mammut  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
+
+
+def _size(cfg: dict[str, Any]) -> int:
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    if isinstance(size, (list, tuple)):
+        if size[0] != size[1]:
+            raise ValueError(f"non-square image_size {size} is not supported")
+        size = size[0]
+    return int(size)
+
+
+def _preprocess(cfg: dict[str, Any], overrides: dict[str, Any]) -> PreprocessCfg:
+    base = PreprocessCfg(size=_size(cfg))
+    kw: dict[str, Any] = {}
+    for key in ("mean", "std"):
+        if overrides.get(key) is not None:
+            kw[key] = tuple(float(v) for v in overrides[key])
+    for key in ("interpolation", "resize_mode"):
+        if overrides.get(key):
+            kw[key] = str(overrides[key])
+    return PreprocessCfg(**{**base.__dict__, **kw})
+
+
+def resolve_source(spec: ModelSpec) -> tuple[str, dict[str, Any], dict[str, Any], Path | None]:
+    """(model name, model config, preprocess overrides, weights file or None) for a spec."""
+    model = spec.model
+    if model.startswith("hf-hub:"):
+        cfg, pp, weights = resolve_hub(model[len("hf-hub:"):])
+        return model, cfg, pp, weights
+    if model.startswith("local-dir:"):
+        cfg, pp, weights = read_dir_layout(Path(model[len("local-dir:"):]).expanduser())
+        return model, cfg, pp, weights
+    if model.endswith(".json"):
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise ModelNotFound(f"{path}: model-config JSON not found.")
+        name = Path(model).stem
+        cfg = read_config_file(path)
+        return name, cfg, {}, _pretrained_file(name, spec.pretrained)
+    cfg = get_arch_config(spec.arch or model)
+    return model, cfg, _tag_preprocess(model, spec.pretrained, cfg), _pretrained_file(model, spec.pretrained)
+
+
+def _tag_preprocess(arch: str, pretrained: str | None, cfg: dict[str, Any]) -> dict[str, Any]:
+    if not pretrained or os.path.exists(pretrained):
+        return {}
+    import open_clip
+
+    tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) or {}
+    if tag_cfg.get("quick_gelu"):
+        cfg["quick_gelu"] = True
+    return {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+
+
+def _pretrained_file(arch: str, pretrained: str | None) -> Path | None:
+    if not pretrained:
+        return None
+    path = Path(pretrained).expanduser()
+    if path.exists() or "/" in pretrained or path.suffix in (".pt", ".bin", ".pth", ".safetensors"):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such checkpoint file. Check the path (or glob) you gave.")
+        return path
+    import open_clip
+
+    tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    if not tag_cfg:
+        tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+        raise ModelNotFound(
+            f"'{pretrained}' is neither a file nor a pretrained tag of {arch}. Tags of {arch}: {', '.join(tags) or 'none'}."
+        )
+    try:
+        return Path(open_clip.download_pretrained(tag_cfg))
+    except Exception as e:
+        raise ModelNotFound(
+            f"{arch}:{pretrained}: weights not in the local cache and not downloadable here ({type(e).__name__}). "
+            "Fetch them where the hub is reachable (the open_clip tag downloads into the HF cache) and copy the "
+            "cache here, or pass --pretrained PATH."
+        ) from None
+
+
+def load_model(spec: ModelSpec | str, pretrained: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load any supported model source as a `LoadedModel` in eval mode on `device`."""
+    if isinstance(spec, str):
+        spec = ModelSpec(model=spec, pretrained=pretrained)
+    name, cfg, pp, weights = resolve_source(spec)
+    state = read_state_dict(weights) if weights is not None else None
+    family = family_for(name, cfg, set(state) if state is not None else None)
+    if spec.family and spec.family != family.name:
+        from evalkit.models.family import FAMILIES
+
+        if spec.family not in FAMILIES:
+            raise ModelNotFound(f"{spec.name}: unknown family '{spec.family}' (known: {', '.join(sorted(FAMILIES))}).")
+        family = FAMILIES[spec.family]
+    model = family.build(name, cfg)
+    model.evalkit_arch = name  # type: ignore[attr-defined]
+    if state is not None:
+        state = family.prepare_state_dict(model, state)
+        load_into(model, state, weights)
+    model.eval().to(device)
+    pooling = family.text_pooling
+    if hasattr(family, "text_pooling_for"):
+        pooling = family.text_pooling_for(model)
+    return LoadedModel(
+        model=model,
+        family=family.name,
+        arch=spec.arch or name,
+        preprocess=_preprocess(cfg, pp),
+        tokenizer=family.tokenizer(name, cfg),
+        context_length=int(cfg.get("text_cfg", {}).get("context_length", 77)),
+        text_pooling=pooling,
+        model_cfg=cfg,
+        source=str(weights) if weights is not None else spec.model,
+    )

@@ -1,0 +1,117 @@
+"""Model families: how an architecture is built, tokenized and read out.
+
+A family is one small module (see `clip.py`, `mammut.py`) that subclasses `ModelFamily` and
+decorates it with `@register_family`. Everything above the models layer only sees `LoadedModel`,
+so adding a family never touches tasks or the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+FAMILIES: dict[str, type[ModelFamily]] = {}
+
+
+@dataclass(frozen=True)
+class PreprocessCfg:
+    """Image preprocessing, the key by which the engine groups checkpoints and caches decoded images.
+
+    `size`, `interpolation` and `resize_mode` decide the uint8 pixels (cached); `mean`/`std` are
+    applied on the device, so checkpoints that differ only there share one cache.
+    """
+
+    size: int = 224
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    @property
+    def pixel_key(self) -> str:
+        """What the uint8 pixels depend on (not mean/std)."""
+        return f"{self.size}-{self.interpolation}-{self.resize_mode}"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for zero-shot use, whatever its family."""
+
+    model: torch.nn.Module
+    family: str
+    arch: str
+    preprocess: PreprocessCfg
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    context_length: int
+    # "eot": causal text tower pooled at the EOT token, so prompts may be cut after the longest
+    # real prompt without changing any feature; "mean": pooled over all positions, no shortcut.
+    text_pooling: str
+    model_cfg: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(images, normalize=True)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens, normalize=True)
+
+    def image_patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens [B, N, D] of the image tower (for segmentation probes)."""
+        return FAMILIES[self.family].image_patch_tokens(self.model, images)
+
+
+class ModelFamily:
+    """One family of architectures. Subclasses override the classmethods."""
+
+    name: ClassVar[str] = ""
+    text_pooling: ClassVar[str] = "eot"
+
+    @classmethod
+    def matches(cls, model_name: str, model_cfg: dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def matches_state_dict(cls, keys: set[str]) -> bool:
+        """Whether a checkpoint's keys look like this family (used when the name is ambiguous)."""
+        return False
+
+    @classmethod
+    def build(cls, model_name: str, model_cfg: dict[str, Any]) -> torch.nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def tokenizer(cls, model_name: str, model_cfg: dict[str, Any]) -> Callable[[list[str]], torch.Tensor]:
+        import open_clip
+
+        ctx = int(model_cfg.get("text_cfg", {}).get("context_length", 77))
+        return open_clip.SimpleTokenizer(context_length=ctx)
+
+    @classmethod
+    def prepare_state_dict(cls, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Adapt a loaded state dict to the model (resize position embeddings, scalar shapes)."""
+        return state
+
+    @classmethod
+    def image_patch_tokens(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"family {cls.name} has no patch-token readout yet")
+
+
+def register_family(cls: type[ModelFamily]) -> type[ModelFamily]:
+    FAMILIES[cls.name] = cls
+    return cls
+
+
+def family_for(model_name: str, model_cfg: dict[str, Any], state_keys: set[str] | None = None) -> type[ModelFamily]:
+    """The family of an architecture: by name and config first, then by checkpoint keys, else CLIP."""
+    ordered = sorted(FAMILIES.values(), key=lambda f: f.name == "clip")  # clip is the fallback
+    for fam in ordered:
+        if fam.name != "clip" and fam.matches(model_name, model_cfg):
+            return fam
+    if state_keys is not None:
+        for fam in ordered:
+            if fam.name != "clip" and fam.matches_state_dict(state_keys):
+                return fam
+    return FAMILIES["clip"]
