@@ -138,7 +138,7 @@ def _polygon(kind: str, cx: float, cy: float, r: float, rot: float) -> list[tupl
     else:
         raise ValueError(kind)
     angles = angles + rot
-    return [(float(SS * (cx + rr * np.cos(t))), float(SS * (cy + rr * np.sin(t)))) for t, rr in zip(angles, radii)]
+    return [(float(SS * (cx + rr * np.cos(t))), float(SS * (cy + rr * np.sin(t)))) for t, rr in zip(angles, radii, strict=True)]
 
 
 def _coverage(kind: str, w: int, h: int, cx: float, cy: float, r: float, rot: float) -> np.ndarray:
@@ -326,11 +326,11 @@ def _lines(items: list[str] | tuple[str, ...]) -> str:
 def write_imagenet_folder(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
     """`val/<wnid>/<name>.JPEG` (torchvision ImageFolder order = sorted wnids = class index)."""
     base = root / "imagenet_folder"
-    for s, jpg in zip(test, jpegs):
+    for s, jpg in zip(test, jpegs, strict=True):
         _write(base / "val" / WNIDS[s.label] / f"ILSVRC2012_val_{s.index + 1:08d}.JPEG", jpg)
     _write(base / "classnames.txt", _lines(CLASSNAMES))
     _write(base / "wnids.txt", _lines(WNIDS))
-    _write(base / "LOC_synset_mapping.txt", _lines([f"{w} {c}" for w, c in zip(WNIDS, CLASSNAMES)]))
+    _write(base / "LOC_synset_mapping.txt", _lines([f"{w} {c}" for w, c in zip(WNIDS, CLASSNAMES, strict=True)]))
 
 
 def _shards(n: int) -> list[range]:
@@ -361,7 +361,7 @@ def write_coco(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
     """`mscoco/val2014/*.jpg` + `coco_test_karpathy.json` as clip_benchmark's mscoco_captions reads it."""
     base = root / "mscoco"
     images, anns = [], []
-    for s, jpg in zip(test, jpegs):
+    for s, jpg in zip(test, jpegs, strict=True):
         image_id = s.index + 1
         name = f"COCO_val2014_{image_id:012d}.jpg"
         _write(base / "val2014" / name, jpg)
@@ -378,7 +378,7 @@ def write_flickr(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
     """Flat image folder + `flickr30k_test_karpathy.txt` (header, then `<img>.jpg,<caption>` lines)."""
     base = root / "flickr30k"
     rows = ["image,caption"]
-    for s, jpg in zip(test, jpegs):
+    for s, jpg in zip(test, jpegs, strict=True):
         name = f"{1000000 + s.index}.jpg"
         _write(base / name, jpg)
         rows += [f"{name},{c}" for c in s.captions]
@@ -394,7 +394,7 @@ def write_ade(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
         _write(base / "images" / "training" / f"ADE_train_{i + 1:08d}.jpg", encode_jpeg(s.image))
         _write(base / "annotations" / "training" / f"ADE_train_{i + 1:08d}.png", encode_png(s.mask))
         counts["training"] += np.bincount(s.mask.ravel(), minlength=len(SEG_NAMES) + 1)
-    for s, jpg in list(zip(test, jpegs))[:N_ADE_VAL]:
+    for s, jpg in list(zip(test, jpegs, strict=True))[:N_ADE_VAL]:
         _write(base / "images" / "validation" / f"ADE_val_{s.index + 1:08d}.jpg", jpg)
         _write(base / "annotations" / "validation" / f"ADE_val_{s.index + 1:08d}.png", encode_png(s.mask))
         counts["validation"] += np.bincount(s.mask.ravel(), minlength=len(SEG_NAMES) + 1)
