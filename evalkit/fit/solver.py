@@ -62,9 +62,12 @@ class GridSpec:
     lnb_below: float = 12.0  # scan ln b from ln(min x) - lnb_below ...
     lnb_above: float = 4.0  # ... to ln(max x) + lnb_above
     c_range: tuple[float, float] = (-5.0, -0.002)
+    joint_polish: bool = True  # finish with a joint 4-parameter polish (last digits of the loss)
+    tol: float = 1e-15  # local solver tolerances (xtol, ftol, gtol)
 
 
-FAST_GRID = GridSpec(n_lnb=40, n_c=40, n_starts=1)
+# For bootstrap replicates: a coarser scan, one start, plus the full-data optimum as a warm start.
+FAST_GRID = GridSpec(n_lnb=40, n_c=40, n_starts=1, joint_polish=False, tol=1e-10)
 
 
 def _linear_part(phi: np.ndarray, y: np.ndarray, has_d: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -213,8 +216,10 @@ def _polish_joint(prob: _Problem, big_a: float, lnb: float, c: float, d: float, 
 
 
 def fit_curve(x: np.ndarray, y: np.ndarray, form: str | Form = "saturation_both",
-              grid: GridSpec | None = None) -> FitResult:
+              grid: GridSpec | None = None, warm_start: FitResult | None = None) -> FitResult:
     """Global least-squares fit of the form to (x, y) on the linear error scale.
+
+    `warm_start` adds that fit's (ln b, c) as one more local start (used by the bootstrap).
 
     Raises ValueError when there are fewer points than free parameters.
     """
@@ -242,18 +247,25 @@ def fit_curve(x: np.ndarray, y: np.ndarray, form: str | Form = "saturation_both"
 
     best_p: tuple[float, float, float, float] | None = None
     best_sse = np.inf
-    for i, j in _pick_starts(sse, grid.n_starts):
-        theta0 = [lnb_grid[i], c_grid[j]] if form.has_b else [c_grid[j]]
+    starts = [(lnb_grid[i], c_grid[j], sse[i, j]) for i, j in _pick_starts(sse, grid.n_starts)]
+    if warm_start is not None and warm_start.c < 0:
+        lnb_w = float(np.clip(warm_start.ln_b, *lnb_bounds)) if form.has_b else float("-inf")
+        starts.insert(0, (lnb_w, warm_start.c, -np.inf))
+    tol = max(grid.tol, 1e-15)
+    for lnb0, c0, grid_sse in starts:
+        if grid_sse >= best_sse:  # a grid cell no better than a polished optimum: same basin or worse
+            continue
+        theta0 = [lnb0, c0] if form.has_b else [c0]
         lo = [lnb_bounds[0], _C_MIN] if form.has_b else [_C_MIN]
         hi = [lnb_bounds[1], 0.0] if form.has_b else [0.0]
         res = least_squares(prob.profile_residuals, theta0, bounds=(lo, hi), method="trf",
-                            x_scale=1.0, diff_step=1e-7, xtol=1e-14, ftol=1e-15, gtol=1e-15, max_nfev=400)
+                            x_scale=1.0, diff_step=1e-7, xtol=max(tol, 1e-14), ftol=tol, gtol=tol, max_nfev=400)
         lnb, c = prob._split(res.x)
         big_a, d = prob.linear_at(lnb, c)
-        for cand in (
-            (big_a, lnb, c, d),
-            tuple(_polish_joint(prob, big_a, lnb, c, d, lnb_bounds)),
-        ):
+        cands = [(big_a, lnb, c, d)]
+        if grid.joint_polish:
+            cands.append(tuple(_polish_joint(prob, big_a, lnb, c, d, lnb_bounds)))
+        for cand in cands:
             p = prob.to_raw(*cand)
             s = prob.sse_raw(p)
             if s < best_sse:
