@@ -13,27 +13,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from evalkit.data.preprocess import PreprocessCfg
+
 FAMILIES: dict[str, type[ModelFamily]] = {}
-
-
-@dataclass(frozen=True)
-class PreprocessCfg:
-    """Image preprocessing, the key by which the engine groups checkpoints and caches decoded images.
-
-    `size`, `interpolation` and `resize_mode` decide the uint8 pixels (cached); `mean`/`std` are
-    applied on the device, so checkpoints that differ only there share one cache.
-    """
-
-    size: int = 224
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-
-    @property
-    def pixel_key(self) -> str:
-        """What the uint8 pixels depend on (not mean/std)."""
-        return f"{self.size}-{self.interpolation}-{self.resize_mode}"
 
 
 @dataclass

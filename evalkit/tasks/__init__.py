@@ -1,1 +1,3 @@
-"""evalkit.tasks"""
+"""evalkit.tasks: task specs (YAML registry) and one module per protocol."""
+
+from evalkit.tasks import zeroshot_classification  # noqa: F401  (registers the protocol)

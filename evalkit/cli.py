@@ -1,0 +1,187 @@
+"""The `evalkit` command: argument parsing and printing only. Heavy modules load inside handlers,
+so `evalkit --help` never imports torch."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("--shard takes i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {value}: need 0 <= i < n")
+    return i, n
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("what to evaluate")
+    src.add_argument("--model", help="zoo name, open_clip/evalkit arch, hf-hub:ORG/REPO, local-dir:DIR or config JSON")
+    src.add_argument("--pretrained", help="pretrained tag or weights file (with an architecture --model)")
+    src.add_argument("--checkpoints", help="glob of checkpoint files, e.g. 'logs/*/checkpoints/epoch_*.pt'")
+    src.add_argument("--run-dir", help="folder holding open_clip runs (*/params.txt, */checkpoints/epoch_N.pt)")
+    src.add_argument("--grid", help="a grid declared in checkpoints.yaml")
+    src.add_argument("--family", help="force the model family (clip, mammut)")
+    p.add_argument("--tasks", required=True, help="comma-separated task names (`evalkit tasks`) or wds/NAME")
+    p.add_argument("--data-root", help="dataset folder, or a template with {dataset}")
+    p.add_argument("--out", default="results", help="results folder (default: results/)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--precision", choices=["fp32", "amp_bf16"], help="default: amp_bf16 on cuda, fp32 on cpu")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--text-batch-size", type=int, default=1024)
+    p.add_argument("--num-workers", type=int, help="image decoding workers (default: min(8, cores))")
+    p.add_argument("--cache-dir", help="decode-once cache folder (default: $EVALKIT_CACHE or ~/.cache/evalkit/images)")
+    p.add_argument("--no-cache", action="store_true", help="decode into memory only")
+    p.add_argument("--shard", type=_shard, help="i/n: this process's share (default: RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS)")
+    p.add_argument("--log-samples", action="store_true", help="write per-sample top-5 predictions per unit")
+
+
+def _specs(args: argparse.Namespace):
+    from evalkit.models import runs, zoo
+
+    kw = {"model": args.model, "family": args.family}
+    if args.checkpoints:
+        return runs.specs_from_glob(args.checkpoints, **kw)
+    if args.run_dir:
+        return runs.specs_from_run_dir(args.run_dir, **kw)
+    if args.grid:
+        return zoo.grid_specs(args.grid)
+    if not args.model:
+        raise SystemExit("evalkit run: give --model, --checkpoints, --run-dir or --grid")
+    spec = zoo.resolve_model_arg(args.model, args.pretrained)
+    if args.family:
+        spec.family = args.family
+    return [spec]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from evalkit.engine import RunOptions, run
+    from evalkit.results import collect
+    from evalkit.tasks.registry import get_task
+
+    specs = _specs(args)
+    tasks = [get_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
+    opts = RunOptions(
+        data_root=args.data_root, out=args.out, device=args.device, precision=args.precision,
+        batch_size=args.batch_size, text_batch_size=args.text_batch_size, log_samples=args.log_samples,
+        num_workers=args.num_workers, shard=args.shard,
+        **({"cache_dir": None} if args.no_cache else ({"cache_dir": args.cache_dir} if args.cache_dir else {})),
+    )
+    counts = run(specs, tasks, opts)
+    table = collect(args.out)
+    print(f"units: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already done")
+    print(f"table: {os.path.join(args.out, 'results.parquet')} ({len(table)} rows)")
+    return 1 if counts["failed"] else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from evalkit.models.zoo import read_zoo
+
+    zoo = read_zoo()
+    print(f"# zoo: {zoo.get('path', 'checkpoints.yaml (none found)')}")
+    for name, e in zoo["models"].items():
+        print(f"{name:32s} {e.get('family', ''):7s} {str(e.get('arch', '')):24s} {e.get('weights', '')}")
+    for name, e in zoo["grids"].items():
+        print(f"grid {name:27s} {e.get('family', ''):7s} {str(e.get('arch', '(params.txt)')):24s} {e.get('glob', '')}")
+    if args.archs:
+        from evalkit.models.configs import evalkit_config_names
+
+        print("# evalkit architectures: " + ", ".join(evalkit_config_names()))
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from evalkit.tasks.registry import all_tasks
+
+    for name, t in sorted(all_tasks().items()):
+        print(f"{name:24s} {t.type:28s} dataset={t.dataset} split={t.split} metrics={','.join(t.metrics)}")
+    print("wds/NAME                 (any clip_benchmark webdataset folder under --data-root)")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from evalkit.results import collect
+
+    table = collect(args.out)
+    print(f"{os.path.join(args.out, 'results.parquet')}: {len(table)} rows")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from evalkit.data import cache
+
+    cache_dir = Path(args.cache_dir) if args.cache_dir else cache.default_cache_dir()
+    if args.action == "ls":
+        for e in cache.list_entries(cache_dir):
+            print(f"{e['entry']}  {e['n']:>8d} images  {e['bytes'] / 2**20:9.1f} MiB  {e['source']}")
+        return 0
+    if args.action == "rm":
+        print(f"removed {cache.remove_entries(cache_dir, args.match or '')} entries from {cache_dir}")
+        return 0
+    from evalkit.data.open import open_classification
+    from evalkit.data.preprocess import PreprocessCfg
+    from evalkit.data.roots import resolve_root
+    from evalkit.tasks.registry import get_task
+
+    for t in args.tasks.split(","):
+        spec = get_task(t)
+        src = open_classification(resolve_root(spec.dataset, args.data_root), split=spec.split)
+        arr = cache.decoded_images(src, PreprocessCfg(size=args.size), cache_dir, progress=True)
+        print(f"{t}: {arr.shape[0]} images at {args.size}px cached in {cache_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evalkit", description="Zero-shot evaluation of CLIP/MaMMUT checkpoints at scale.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="evaluate models or checkpoint grids on tasks")
+    _add_run_options(r)
+    r.set_defaults(func=cmd_run)
+    m = sub.add_parser("models", help="list the zoo (checkpoints.yaml)")
+    m.add_argument("--archs", action="store_true", help="also list evalkit's own architectures")
+    m.set_defaults(func=cmd_models)
+    sub.add_parser("tasks", help="list the task registry").set_defaults(func=cmd_tasks)
+    c = sub.add_parser("collect", help="merge unit files into results.parquet/csv")
+    c.add_argument("out", nargs="?", default="results")
+    c.set_defaults(func=cmd_collect)
+    k = sub.add_parser("cache", help="manage the decode-once image cache")
+    k.add_argument("action", choices=["build", "ls", "rm"])
+    k.add_argument("--tasks", default="", help="build: tasks whose images to cache")
+    k.add_argument("--data-root")
+    k.add_argument("--size", type=int, default=224)
+    k.add_argument("--match", help="rm: only entries whose name or source contains this")
+    k.add_argument("--cache-dir")
+    k.set_defaults(func=cmd_cache)
+    try:
+        from evalkit.fit.command import add_fit_parser, add_import_parser
+
+        add_fit_parser(sub)
+        add_import_parser(sub)
+    except ImportError:
+        pass
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # user-facing errors in one line; EVALKIT_DEBUG=1 for the traceback
+        from evalkit.errors import is_user_error
+
+        if os.environ.get("EVALKIT_DEBUG") or not is_user_error(e):
+            raise
+        print(f"evalkit: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

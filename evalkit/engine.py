@@ -1,0 +1,297 @@
+"""The engine: plan (checkpoint x task) units, skip finished ones, run each checkpoint once over all
+its tasks with images decoded once, and write every unit atomically.
+
+Flow per shard: plan -> assign checkpoints to shards (deterministic, balanced by cost, from the full
+plan so concurrent shards agree) -> for each checkpoint: load once; per dataset: cached uint8 pixels
+-> pinned batches -> device -> normalise -> encode -> every task on that dataset -> unit files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import evalkit
+from evalkit.data.cache import decoded_images, default_cache_dir
+from evalkit.data.open import open_classification
+from evalkit.data.preprocess import normalize
+from evalkit.data.roots import resolve_root
+from evalkit.data.sources import DataError, ImageSource
+from evalkit.models.factory import load_model
+from evalkit.models.family import LoadedModel
+from evalkit.models.spec import ModelSpec
+from evalkit.results import UnitStore, collect, now, unit_id
+from evalkit.tasks.base import PROTOCOLS, RunContext, TaskRunner
+from evalkit.tasks.registry import get_task
+from evalkit.tasks.spec import TaskSpec
+
+
+@dataclass
+class RunOptions:
+    data_root: str | None = None
+    out: str | Path = "results"
+    device: str | None = None
+    precision: str | None = None
+    batch_size: int = 64
+    text_batch_size: int = 1024
+    log_samples: bool = False
+    cache_dir: str | Path | None = field(default_factory=default_cache_dir)
+    num_workers: int | None = None
+    shard: tuple[int, int] | None = None
+    progress: bool | None = None
+
+
+@dataclass
+class Unit:
+    spec: ModelSpec
+    task: TaskSpec
+    uid: str
+
+
+@dataclass
+class TaskData:
+    """A task with its opened data (or the error that prevented opening it)."""
+
+    spec: TaskSpec
+    source: ImageSource | None = None
+    error: str = ""
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_precision(device: str) -> str:
+    return "amp_bf16" if device.startswith("cuda") else "fp32"
+
+
+def shard_from_env() -> tuple[int, int] | None:
+    """(index, count) from RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS, if set."""
+    for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if os.environ.get(rank) is not None and os.environ.get(world) is not None:
+            n = int(os.environ[world])
+            if n > 1:
+                return int(os.environ[rank]), n
+    return None
+
+
+def plan(specs: list[ModelSpec], tasks: list[TaskSpec]) -> list[Unit]:
+    return [Unit(s, t, unit_id(s.key, t.name, t.hash)) for s in specs for t in tasks]
+
+
+def assign_shards(units: list[Unit], n: int) -> list[list[Unit]]:
+    """Split whole checkpoints over `n` shards, largest first onto the least loaded (LPT).
+
+    Computed from the full plan (not from what is pending), so every shard agrees without talking.
+    """
+    by_ckpt: dict[str, list[Unit]] = {}
+    for u in units:
+        by_ckpt.setdefault(u.spec.key, []).append(u)
+    order = sorted(by_ckpt, key=lambda k: (-len(by_ckpt[k]), k))
+    loads = [0] * n
+    shards: list[list[Unit]] = [[] for _ in range(n)]
+    for k in order:
+        i = min(range(n), key=lambda j: (loads[j], j))
+        shards[i] += by_ckpt[k]
+        loads[i] += len(by_ckpt[k])
+    return shards
+
+
+def _open_task(spec: TaskSpec, data_root: str | None) -> TaskData:
+    try:
+        root = resolve_root(spec.dataset, data_root)
+        source = open_classification(root if not str(root).startswith("hf:") else str(root), split=spec.split)
+        if spec.type == "wds_auto":
+            kind = source.meta.get("dataset_type", "classification")
+            spec = TaskSpec(**{**spec.__dict__, "type": "zeroshot_" + kind if kind != "classification" else "zeroshot_classification",
+                               "metrics": ["acc1", "acc5", "mean_per_class_recall"], "main_metric": "acc1"})
+        return TaskData(spec.resolved(source.classnames, source.templates), source)
+    except (DataError, ValueError, OSError) as e:
+        return TaskData(spec, None, f"{type(e).__name__}: {e}")
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "amp_bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp32":
+        return contextlib.nullcontext
+    raise ValueError(f"unknown precision '{precision}' (fp32 or amp_bf16)")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return device.type
+
+
+@torch.no_grad()
+def _run_dataset(lm: LoadedModel, source: ImageSource, runners: list[TaskRunner], ctx: RunContext,
+                 opts: RunOptions) -> None:
+    """Encode every image of `source` once and hand the features to each runner."""
+    pixels = decoded_images(source, lm.preprocess, Path(opts.cache_dir) if opts.cache_dir else None,
+                            num_workers=opts.num_workers, progress=bool(opts.progress))
+    needs = {r.needs for r in runners}
+    pin = ctx.device.type == "cuda"
+    for start in range(0, len(source), opts.batch_size):
+        stop = min(start + opts.batch_size, len(source))
+        batch = torch.from_numpy(np.ascontiguousarray(pixels[start:stop]))
+        if pin:
+            batch = batch.pin_memory()
+        images = normalize(batch.to(ctx.device, non_blocking=True), lm.preprocess)
+        index = torch.arange(start, stop)
+        outputs: dict[str, torch.Tensor] = {}
+        with ctx.autocast():
+            if "image_features" in needs:
+                outputs["image_features"] = lm.encode_image(images).float()
+            if "patch_tokens" in needs:
+                outputs["patch_tokens"] = lm.image_patch_tokens(images).float()
+        for r in runners:
+            r.update(index, outputs[r.needs])
+
+
+def _versions() -> dict[str, str]:
+    import open_clip
+
+    return {"evalkit_version": evalkit.__version__, "open_clip_version": open_clip.__version__,
+            "torch_version": torch.__version__}
+
+
+def _rows(unit: Unit, lm: LoadedModel | None, result: Any, status: str, error: str, common: dict[str, Any],
+          duration: float) -> list[dict[str, Any]]:
+    spec, task = unit.spec, unit.task
+    base = {
+        "model": spec.name, "arch": spec.arch or (lm.arch if lm else spec.model), "family": (lm.family if lm else spec.family),
+        "checkpoint": spec.checkpoint, "epoch": spec.epoch, "samples_seen": spec.samples_seen,
+        "pretrain_dataset": spec.pretrain_dataset, "lr_scheduler": spec.lr_scheduler,
+        "gflops_per_sample": None, "gflops_total": None,
+        "task": task.name, "task_type": task.type, "dataset": task.dataset, "split": task.split,
+        "task_hash": task.hash, "duration_s": round(duration, 4), "finished_at": now(),
+        "status": status, "error": error, "unit_id": unit.uid, **common,
+    }
+    if result is None:
+        return [{**base, "metric": task.main_metric or "error", "value": None, "n_samples": 0}]
+    return [{**base, "metric": m, "value": v, "n_samples": result.n_samples} for m, v in result.metrics.items()]
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def evaluate(models: list[ModelSpec | str] | ModelSpec | str, tasks: list[str] | str, **kwargs: Any):
+    """Evaluate models on tasks; return the collected results table (a pandas DataFrame).
+
+    `models`: specs or `--model`-style strings; `tasks`: registered names or `wds/NAME`.
+    Keyword options are those of `RunOptions`.
+    """
+    from evalkit.models.zoo import resolve_model_arg
+
+    opts = RunOptions(**kwargs)
+    if isinstance(models, (str, ModelSpec)):
+        models = [models]
+    if isinstance(tasks, str):
+        tasks = [t for t in tasks.split(",") if t]
+    specs = [m if isinstance(m, ModelSpec) else resolve_model_arg(m) for m in models]
+    run(specs, [get_task(t) for t in tasks], opts)
+    return collect(opts.out)
+
+
+def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) -> dict[str, int]:
+    """Run the pending units of this shard; return counts of ok / failed / skipped units."""
+    device = torch.device(opts.device or default_device())
+    precision = opts.precision or default_precision(device.type)
+    if opts.progress is None:
+        opts.progress = sys.stderr.isatty()
+    ctx = RunContext(device=device, autocast=_autocast(device, precision), text_batch_size=opts.text_batch_size)
+    store = UnitStore(opts.out)
+    units = plan(specs, task_specs)
+    shard = opts.shard or shard_from_env()
+    if shard is not None:
+        units = assign_shards(units, shard[1])[shard[0]]
+    done = store.done()
+    pending = [u for u in units if u.uid not in done]
+    counts = {"ok": 0, "failed": 0, "skipped": len(units) - len(pending)}
+    common = {**_versions(), "device": _device_name(device), "precision": precision, "batch_size": opts.batch_size}
+    opened: dict[str, TaskData] = {}
+    by_ckpt: dict[str, list[Unit]] = {}
+    for u in pending:
+        by_ckpt.setdefault(u.spec.key, []).append(u)
+    total, finished = len(pending), 0
+    for ckpt_units in by_ckpt.values():
+        spec = ckpt_units[0].spec
+        t0 = time.time()
+        try:
+            lm = load_model(spec, device=device)
+        except Exception as e:  # one bad checkpoint never stops the grid
+            err = f"{type(e).__name__}: {e}"
+            for u in ckpt_units:
+                store.write(u.uid, _rows(u, None, None, "failed", err, common, time.time() - t0), "failed", err)
+                counts["failed"] += 1
+                finished += 1
+                _say(f"[{finished}/{total}] {spec.name} x {u.task.name}: FAILED ({err})")
+            continue
+        load_s = time.time() - t0
+        by_source: dict[str, list[tuple[Unit, TaskData]]] = {}
+        for u in ckpt_units:
+            if u.task.name not in opened:
+                opened[u.task.name] = _open_task(u.task, opts.data_root)
+            td = opened[u.task.name]
+            by_source.setdefault(td.source.name if td.source else f"!{u.task.name}", []).append((u, td))
+        for group in by_source.values():
+            t1 = time.time()
+            live: list[tuple[Unit, TaskData, TaskRunner]] = []
+            for u, td in group:
+                try:
+                    if td.source is None:
+                        raise DataError(td.error)
+                    runner = PROTOCOLS[td.spec.type](td.spec, td.source)
+                    runner.prepare(lm, ctx)
+                    live.append((u, td, runner))
+                except Exception as e:
+                    _fail(store, u, lm, e, common, time.time() - t1, counts)
+                    finished += 1
+                    _say(f"[{finished}/{total}] {spec.name} x {u.task.name}: FAILED ({type(e).__name__}: {e})")
+            if not live:
+                continue
+            try:
+                _run_dataset(lm, live[0][1].source, [r for _, _, r in live], ctx, opts)
+            except Exception as e:
+                for u, _, _ in live:
+                    _fail(store, u, lm, e, common, time.time() - t1, counts)
+                    finished += 1
+                    _say(f"[{finished}/{total}] {spec.name} x {u.task.name}: FAILED ({type(e).__name__}: {e})")
+                continue
+            share = (time.time() - t1) / len(live) + load_s / len(ckpt_units)
+            for u, td, runner in live:
+                try:
+                    result = runner.result(log_samples=opts.log_samples)
+                    if opts.log_samples and result.samples is not None:
+                        store.write_samples(u.uid, result.samples)
+                    unit = Unit(u.spec, td.spec, u.uid)
+                    store.write(u.uid, _rows(unit, lm, result, "ok", "", common, share), "ok")
+                    counts["ok"] += 1
+                    finished += 1
+                    main = td.spec.main_metric or next(iter(result.metrics))
+                    _say(f"[{finished}/{total}] {spec.name} x {u.task.name}: {main}={result.metrics.get(main, float('nan')):.4f}")
+                except Exception as e:
+                    _fail(store, u, lm, e, common, share, counts)
+                    finished += 1
+        del lm
+    return counts
+
+
+def _fail(store: UnitStore, u: Unit, lm: LoadedModel | None, e: Exception, common: dict[str, Any], dt: float,
+          counts: dict[str, int]) -> None:
+    err = f"{type(e).__name__}: {e}"
+    if os.environ.get("EVALKIT_DEBUG"):
+        traceback.print_exc()
+    store.write(u.uid, _rows(u, lm, None, "failed", err, common, dt), "failed", err)
+    counts["failed"] += 1

@@ -1,0 +1,13 @@
+"""Which exceptions are the user's to fix (printed in one line) rather than evalkit bugs (traceback)."""
+
+from __future__ import annotations
+
+
+def is_user_error(e: BaseException) -> bool:
+    from evalkit.data.sources import DataError
+    from evalkit.models.checkpoint import CheckpointError
+    from evalkit.models.configs import ModelNotFound
+    from evalkit.models.hub import HubUnavailable
+    from evalkit.tasks.spec import TaskError
+
+    return isinstance(e, (DataError, CheckpointError, ModelNotFound, HubUnavailable, TaskError, FileNotFoundError, ValueError))

@@ -1,0 +1,136 @@
+"""The results table: one row per (checkpoint, task, metric), written per unit, atomically.
+
+Each finished (checkpoint x task) unit is one JSON file under `<out>/units/`, written to a temp
+file and renamed, so a run killed at any moment leaves only whole units; a rerun skips units whose
+file says `ok`, and retries failed ones. `collect` merges unit files into `results.parquet`/`.csv`.
+Concurrent shards write distinct unit files, so they never clash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+RESULT_COLUMNS = [
+    "model", "arch", "family", "checkpoint", "epoch", "samples_seen", "pretrain_dataset", "lr_scheduler",
+    "gflops_per_sample", "gflops_total",
+    "task", "task_type", "dataset", "split", "metric", "value", "n_samples",
+    "task_hash", "evalkit_version", "open_clip_version", "torch_version", "device", "precision",
+    "batch_size", "duration_s", "finished_at", "status", "error", "unit_id",
+]
+
+
+def unit_id(model_key: str, task_name: str, task_hash: str) -> str:
+    """Identity of a unit: the same checkpoint, task and task config give the same id."""
+    return hashlib.sha1(f"{model_key}\0{task_name}\0{task_hash}".encode()).hexdigest()[:20]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+class UnitStore:
+    """Unit files of one results folder."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.units = self.out / "units"
+        self.samples = self.out / "samples"
+
+    def path(self, uid: str) -> Path:
+        return self.units / f"{uid}.json"
+
+    def status(self) -> dict[str, str]:
+        """unit id -> 'ok' | 'failed' for every readable unit file."""
+        out: dict[str, str] = {}
+        if not self.units.is_dir():
+            return out
+        for f in self.units.glob("*.json"):
+            try:
+                out[f.stem] = json.loads(f.read_text()).get("status", "failed")
+            except (OSError, json.JSONDecodeError):
+                continue
+        return out
+
+    def done(self) -> set[str]:
+        return {u for u, s in self.status().items() if s == "ok"}
+
+    def write(self, uid: str, rows: list[dict[str, Any]], status: str, error: str = "") -> None:
+        payload = {"unit_id": uid, "status": status, "error": error, "rows": [{k: _clean(v) for k, v in r.items()} for r in rows]}
+        atomic_write_bytes(self.path(uid), json.dumps(payload, indent=1, default=str).encode())
+
+    def write_samples(self, uid: str, frame: Any) -> Path:
+        path = self.samples / f"{uid}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+        return path
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        if not self.units.is_dir():
+            return rows
+        for f in sorted(self.units.glob("*.json")):
+            try:
+                rows += json.loads(f.read_text())["rows"]
+            except (OSError, json.JSONDecodeError, KeyError):
+                continue
+        return rows
+
+
+def to_frame(rows: list[dict[str, Any]]):
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    if frame.empty:
+        return frame
+    frame = frame.drop_duplicates(subset=["unit_id", "metric"], keep="last")
+    return frame.sort_values(["model", "task", "metric"], kind="stable").reset_index(drop=True)
+
+
+def collect(out: str | Path):
+    """Merge unit files into `<out>/results.parquet` and `<out>/results.csv` (atomically); return the table."""
+    store = UnitStore(out)
+    frame = to_frame(store.rows())
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, writer in (("results.parquet", lambda p: frame.to_parquet(p, index=False)),
+                         ("results.csv", lambda p: frame.to_csv(p, index=False))):
+        tmp = out / f".{name}.{os.getpid()}.tmp"
+        writer(tmp)
+        os.replace(tmp, out / name)
+    return frame
+
+
+def read_table(path: str | Path):
+    """Read a results table (Parquet or CSV), or a results folder."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results table. Run `evalkit run ... --out DIR` or `evalkit collect DIR`.")
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
