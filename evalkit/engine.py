@@ -108,7 +108,7 @@ def assign_shards(units: list[Unit], n: int) -> list[list[Unit]]:
 
 def _open_task(spec: TaskSpec, data_root: str | None) -> TaskData:
     try:
-        root = resolve_root(spec.dataset, data_root)
+        root = resolve_root(spec.dataset, data_root, spec.options.get("default_root"))
         source = open_classification(root if not str(root).startswith("hf:") else str(root), split=spec.split)
         if spec.type == "wds_auto":
             kind = source.meta.get("dataset_type", "classification")
@@ -116,7 +116,7 @@ def _open_task(spec: TaskSpec, data_root: str | None) -> TaskData:
                                "metrics": ["acc1", "acc5", "mean_per_class_recall"], "main_metric": "acc1"})
         return TaskData(spec.resolved(source.classnames, source.templates), source)
     except (DataError, ValueError, OSError) as e:
-        return TaskData(spec, None, f"{type(e).__name__}: {e}")
+        return TaskData(spec, None, str(e))
 
 
 def _autocast(device: torch.device, precision: str):
@@ -143,7 +143,7 @@ def _run_dataset(lm: LoadedModel, source: ImageSource, runners: list[TaskRunner]
     pin = ctx.device.type == "cuda"
     for start in range(0, len(source), opts.batch_size):
         stop = min(start + opts.batch_size, len(source))
-        batch = torch.from_numpy(np.ascontiguousarray(pixels[start:stop]))
+        batch = torch.from_numpy(np.array(pixels[start:stop]))
         if pin:
             batch = batch.pin_memory()
         images = normalize(batch.to(ctx.device, non_blocking=True), lm.preprocess)

@@ -40,10 +40,14 @@ def env_key(dataset: str) -> str:
     return "EVALKIT_DATA_ROOT_" + re.sub(r"[^A-Za-z0-9]", "_", dataset).upper()
 
 
-def resolve_root(dataset: str, data_root: str | None) -> Path:
-    """The folder of `dataset` (the task name without its `wds/` prefix)."""
-    if data_root:
-        return Path(data_root.replace("{dataset}", dataset)).expanduser()
+def resolve_root(dataset: str, data_root: str | None, default: str | None = None) -> Path:
+    """The folder of `dataset` (the task name without its `wds/` prefix).
+
+    `default` (a task's `default_root`) is the last resort; `embedded:PATH` points into the embedded world.
+    """
+    given = Path(data_root.replace("{dataset}", dataset)).expanduser() if data_root else None
+    if given is not None and (given.exists() or not default):
+        return given
     if os.environ.get(env_key(dataset)):
         return Path(os.environ[env_key(dataset)]).expanduser()
     roots = _user_roots()
@@ -51,6 +55,12 @@ def resolve_root(dataset: str, data_root: str | None) -> Path:
         return Path(roots[dataset]).expanduser()
     if os.environ.get("EVALKIT_DATA_ROOT"):
         return Path(os.environ["EVALKIT_DATA_ROOT"].replace("{dataset}", dataset)).expanduser()
+    if default:
+        if default.startswith("embedded:"):
+            from evalkit.embedded.paths import data_root as embedded_data
+
+            return embedded_data() / default.split(":", 1)[1]
+        return Path(default).expanduser()
     raise DataError(
         f"No data root for '{dataset}'. Pass --data-root DIR (or a template like /data/{{dataset}}), set "
         f"{env_key(dataset)}, or add it under data_roots: in {user_config_path()}."

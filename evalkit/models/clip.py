@@ -45,8 +45,15 @@ class CLIPFamily(ModelFamily):
     def build(cls, model_name: str, model_cfg: dict[str, Any]) -> torch.nn.Module:
         import open_clip
 
-        model = open_clip.create_model(_registered_name(model_name, model_cfg), pretrained=None, device="cpu")
-        return model
+        import logging
+
+        logger = logging.getLogger()
+        level = logger.level
+        logger.setLevel(logging.ERROR)  # open_clip warns "initialized randomly": evalkit loads weights next
+        try:
+            return open_clip.create_model(_registered_name(model_name, model_cfg), pretrained=None, device="cpu")
+        finally:
+            logger.setLevel(level)
 
     @classmethod
     def tokenizer(cls, model_name: str, model_cfg: dict[str, Any]) -> Callable[[list[str]], torch.Tensor]:
