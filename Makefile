@@ -1,0 +1,38 @@
+# evalkit: `make demo` (set-up + the micro grid end to end), `make test` (set-up + all fast tests).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install embedded demo test test-all lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+embedded: install
+	$(PY) -m evalkit.embedded.build
+
+demo: embedded
+	$(PY) -m evalkit.demo
+
+lint: install
+	$(VENV)/bin/ruff check evalkit tests bench
+
+test: embedded lint
+	$(PY) -m pytest -q
+
+test-all: embedded lint
+	$(PY) -m pytest -q -m ""
+
+bench: embedded
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf .cache results/units results/*.parquet results/*.csv
