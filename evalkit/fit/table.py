@@ -161,7 +161,10 @@ def load_points(table: str | os.PathLike | pd.DataFrame, *, task: str, metric: s
     filters = filters or Filters()
     shape = table_shape(df)
     rows = _tidy_rows(df, src, task, metric) if shape == "tidy" else _wide_rows(df, src, task, metric)
-    rows = rows[np.isfinite(rows["_value"]) & rows["gflops_total"].notna() & rows["samples_seen"].notna()]
+    rows = rows[np.isfinite(rows["_value"]) & rows[x].notna()]
+    if rows.empty:
+        raise TableError(f"{src}: no rows with both a {metric} value and {x} for task {task!r}; fill {x} "
+                         "(e.g. `evalkit import clip-benchmark --samples-per-epoch/--gflops-profile`)")
     if "model" not in rows.columns:
         rows["model"] = rows.get("arch", pd.Series("", index=rows.index))
     if by == "family":
