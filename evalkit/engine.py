@@ -85,7 +85,13 @@ def shard_from_env() -> tuple[int, int] | None:
 
 
 def plan(specs: list[ModelSpec], tasks: list[TaskSpec]) -> list[Unit]:
-    return [Unit(s, t, unit_id(s.key, t.name, t.hash)) for s in specs for t in tasks]
+    """Every (checkpoint, task) unit once, in a stable order."""
+    units: dict[str, Unit] = {}
+    for s in specs:
+        for t in tasks:
+            uid = unit_id(s.key, t.name, t.hash)
+            units.setdefault(uid, Unit(s, t, uid))
+    return list(units.values())
 
 
 def assign_shards(units: list[Unit], n: int) -> list[list[Unit]]:

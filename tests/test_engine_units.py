@@ -1,0 +1,101 @@
+"""Units are written whole, reruns skip finished ones, and one bad cell never loses the others."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+from _embedded import DATA
+from _util import TINY_S, save_training_checkpoint, tiny_clip
+
+import evalkit
+from evalkit.engine import RunOptions, assign_shards, plan, run
+from evalkit.models.spec import ModelSpec
+from evalkit.results import UnitStore
+from evalkit.tasks.registry import get_task
+from evalkit.tasks.spec import TaskError
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpts")
+    return [save_training_checkpoint(tiny_clip(TINY_S, seed=s), d / "run" / "checkpoints" / f"epoch_{s}.pt", epoch=s)
+            for s in (1, 2)]
+
+
+def _specs(ckpts):
+    return [ModelSpec(model=str(TINY_S), pretrained=str(p), name=p.stem) for p in ckpts]
+
+
+def test_rerun_skips_finished_units_and_keeps_values(ckpts, tmp_path):
+    opts = dict(out=tmp_path / "out", device="cpu", precision="fp32", cache_dir=tmp_path / "cache")
+    first = evalkit.evaluate(_specs(ckpts), ["shapes", "wds/wds_shapes"], data_root=str(DATA / "{dataset}"), **opts)
+    assert len(first) == 2 * 2 * 3 and (first.status == "ok").all()
+    counts = run(_specs(ckpts), [get_task("shapes"), get_task("wds/wds_shapes")],
+                 RunOptions(data_root=str(DATA / "{dataset}"), **opts))
+    assert counts == {"ok": 0, "failed": 0, "skipped": 4}
+    again = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    pd.testing.assert_frame_equal(first, again)
+    # the same images through the folder and the wds layout give the same accuracy
+    by = first.pivot_table(index=["model", "metric"], columns="task", values="value")
+    assert (by["shapes"] - by["wds/wds_shapes"]).abs().max() < 1e-6
+
+
+def test_corrupt_image_fails_its_unit_only(ckpts, tmp_path):
+    root = tmp_path / "imagenet_folder"
+    shutil.copytree(DATA / "imagenet_folder", root)
+    victim = sorted((root / "val").glob("*/*"))[5]
+    victim.write_bytes(b"not a jpeg at all")
+    opts = RunOptions(out=tmp_path / "out", device="cpu", cache_dir=tmp_path / "cache")
+    import os
+
+    os.environ["EVALKIT_DATA_ROOT_SHAPES"] = str(root)
+    os.environ["EVALKIT_DATA_ROOT_WDS_SHAPES"] = str(DATA / "wds_shapes")
+    try:
+        counts = run(_specs(ckpts)[:1], [get_task("shapes"), get_task("wds/wds_shapes")], opts)
+    finally:
+        del os.environ["EVALKIT_DATA_ROOT_SHAPES"], os.environ["EVALKIT_DATA_ROOT_WDS_SHAPES"]
+    assert counts == {"ok": 1, "failed": 1, "skipped": 0}
+    table = evalkit.results.collect(tmp_path / "out")
+    failed = table[table.status == "failed"]
+    assert list(failed.task) == ["shapes"] and victim.name in failed.error.iloc[0]
+    assert (table[table.task == "wds/wds_shapes"].status == "ok").all()
+
+
+def test_missing_root_and_wrong_layout_say_what_was_expected(ckpts, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for root, pattern in ((tmp_path / "nope", "does not exist"), (tmp_path / "empty", "unrecognised layout")):
+        table = evalkit.evaluate(_specs(ckpts)[:1], ["wds/anything"], data_root=str(root), out=tmp_path / root.name,
+                                 device="cpu", cache_dir=None)
+        err = table.error.iloc[0]
+        assert table.status.iloc[0] == "failed" and pattern in err and "nshards.txt" in err and str(root) in err
+
+
+def test_bad_checkpoint_in_grid_marks_it_failed(ckpts, tmp_path):
+    bad = tmp_path / "epoch_9.pt"
+    bad.write_bytes(ckpts[0].read_bytes()[:1000])
+    specs = _specs(ckpts) + [ModelSpec(model=str(TINY_S), pretrained=str(bad), name="bad")]
+    table = evalkit.evaluate(specs, ["wds/wds_shapes"], data_root=str(DATA / "{dataset}"), out=tmp_path / "out",
+                             device="cpu", cache_dir=tmp_path / "cache")
+    status = table.groupby("model").status.first().to_dict()
+    assert status == {"epoch_1": "ok", "epoch_2": "ok", "bad": "failed"}
+    assert "epoch_9.pt" in table[table.model == "bad"].error.iloc[0]
+    # a rerun retries the failed unit only
+    store = UnitStore(tmp_path / "out")
+    assert len(store.done()) == 2 and len(store.status()) == 3
+
+
+def test_unknown_task_lists_close_names():
+    with pytest.raises(TaskError, match="Close names: imagenet1k"):
+        get_task("imagenet1")
+
+
+def test_shards_partition_the_plan(ckpts):
+    specs = [ModelSpec(model="tinyclip-S", pretrained=f"/runs/a/checkpoints/epoch_{i}.pt") for i in range(9)]
+    units = plan(specs + specs[:2], [get_task("shapes"), get_task("wds/wds_shapes")])
+    assert len(units) == 18  # repeated checkpoints are planned once
+    shards = assign_shards(units, 4)
+    ids = [u.uid for s in shards for u in s]
+    assert sorted(ids) == sorted(u.uid for u in units)
+    assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 2
