@@ -84,3 +84,17 @@ def test_bootstrap_intervals_bracket_the_fit_and_are_reproducible() -> None:
     assert np.all(lo < fit.predict(X)) and np.all(fit.predict(X) < hi)
     # reproducible with the same seed
     np.testing.assert_array_equal(boot.params, bootstrap_fit(X, y, fit, 200, seed=3).params)
+
+
+def test_crossover_and_gap_of_two_known_laws() -> None:
+    from evalkit.fit.compare import compare_groups, crossovers
+    from evalkit.fit.solver import FitResult
+
+    # equal at C = 1e10: A is worse below (steeper), better above
+    fa = FitResult("power", 1e10 ** 0.5 * 0.3, 0.0, -0.5, 0.0, 0.0, 10)
+    fb = FitResult("power", 1e10 ** 0.2 * 0.3, 0.0, -0.2, 0.0, 0.0, 10)
+    (x_cross,) = crossovers(fa, fb, 1e6, 1e14)
+    assert x_cross == pytest.approx(1e10, rel=1e-9)
+    cmp = compare_groups("a", fa, None, "b", fb, None, np.array([1e8, 1e12]))
+    assert cmp["better"].tolist() == ["b", "a"]
+    assert cmp["gap_a_minus_b"].to_numpy() == pytest.approx(fa.predict([1e8, 1e12]) - fb.predict([1e8, 1e12]))

@@ -198,7 +198,7 @@ def _comparison_md(report: FitReport) -> str:
     a, b = cmp["group_a"].iloc[0], cmp["group_b"].iloc[0]
     cross = report.crossover_x or []
     lines = [f"# {a} vs {b}", "", f"Gap = error({a}) - error({b}); negative means {a} is better.",
-             "Crossover compute: " + (", ".join(f"{v:.4g}" for v in cross) if cross else "none in range") + ".", "",
+             "Crossover x: " + (", ".join(f"{v:.4g}" for v in cross) if cross else "none in range") + ".", "",
              markdown_table(cmp)]
     return "\n".join(lines)
 
