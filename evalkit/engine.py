@@ -22,7 +22,6 @@ import torch
 
 import evalkit
 from evalkit.data.cache import decoded_images, default_cache_dir
-from evalkit.data.open import open_classification
 from evalkit.data.preprocess import normalize
 from evalkit.data.roots import resolve_root
 from evalkit.data.sources import DataError, ImageSource
@@ -30,7 +29,7 @@ from evalkit.models.factory import load_model
 from evalkit.models.family import LoadedModel
 from evalkit.models.spec import ModelSpec
 from evalkit.results import UnitStore, collect, now, unit_id
-from evalkit.tasks.base import PROTOCOLS, RunContext, TaskRunner
+from evalkit.tasks.base import PROTOCOLS, RunContext, TaskRunner, open_task
 from evalkit.tasks.registry import get_task
 from evalkit.tasks.spec import TaskSpec
 
@@ -115,12 +114,8 @@ def assign_shards(units: list[Unit], n: int) -> list[list[Unit]]:
 def _open_task(spec: TaskSpec, data_root: str | None) -> TaskData:
     try:
         root = resolve_root(spec.dataset, data_root, spec.options.get("default_root"))
-        source = open_classification(root if not str(root).startswith("hf:") else str(root), split=spec.split)
-        if spec.type == "wds_auto":
-            kind = source.meta.get("dataset_type", "classification")
-            spec = TaskSpec(**{**spec.__dict__, "type": "zeroshot_" + kind if kind != "classification" else "zeroshot_classification",
-                               "metrics": ["acc1", "acc5", "mean_per_class_recall"], "main_metric": "acc1"})
-        return TaskData(spec.resolved(source.classnames, source.templates), source)
+        resolved, source = open_task(spec, root)
+        return TaskData(resolved, source)
     except (DataError, ValueError, OSError) as e:
         return TaskData(spec, None, str(e))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -42,8 +43,18 @@ class TaskRunner:
 
     needs: ClassVar[str] = "image_features"  # or "patch_tokens"
 
+    default_metrics: ClassVar[list[str]] = []
+    default_main_metric: ClassVar[str] = ""
+
     def __init__(self, spec: TaskSpec, source: ImageSource) -> None:
         self.spec, self.source = spec, source
+
+    @classmethod
+    def open_source(cls, root: Path | str, spec: TaskSpec) -> ImageSource:
+        """The task's images and targets from `root` (format detected from the layout)."""
+        from evalkit.data.open import open_classification
+
+        return open_classification(root, split=spec.split)
 
     def prepare(self, lm: LoadedModel, ctx: RunContext) -> None:
         raise NotImplementedError
@@ -53,6 +64,27 @@ class TaskRunner:
 
     def result(self, log_samples: bool = False) -> TaskResult:
         raise NotImplementedError
+
+
+def open_task(spec: TaskSpec, root: Path | str) -> tuple[TaskSpec, ImageSource]:
+    """Open a task's data and resolve its spec; `wds_auto` tasks take their protocol from the folder."""
+    from dataclasses import replace
+
+    if spec.type == "wds_auto":
+        from evalkit.data.wds import dataset_type
+
+        kind = dataset_type(Path(root))
+        spec = replace(spec, type=f"zeroshot_{kind}")
+        if spec.type not in PROTOCOLS:
+            raise ValueError(f"{root}: dataset_type.txt says '{kind}', which evalkit has no protocol for")
+        proto = PROTOCOLS[spec.type]
+        spec = replace(spec, metrics=list(proto.default_metrics), main_metric=proto.default_main_metric)
+        if kind == "retrieval":
+            spec = replace(spec, classnames=None, templates=None)
+    if spec.type not in PROTOCOLS:
+        raise ValueError(f"task {spec.name} ({spec.source}): unknown type '{spec.type}' (known: {', '.join(sorted(PROTOCOLS))})")
+    source = PROTOCOLS[spec.type].open_source(root, spec)
+    return spec.resolved(source.classnames, source.templates), source
 
 
 def register_protocol(name: str) -> Callable[[type[TaskRunner]], type[TaskRunner]]:

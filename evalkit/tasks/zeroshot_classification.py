@@ -49,6 +49,8 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict[s
 @register_protocol("zeroshot_classification")
 class ZeroShotClassification(TaskRunner):
     needs = "image_features"
+    default_metrics = ["acc1", "acc5", "mean_per_class_recall"]
+    default_main_metric = "acc1"
 
     def prepare(self, lm: LoadedModel, ctx: RunContext) -> None:
         if not self.spec.classnames or not self.spec.templates:
