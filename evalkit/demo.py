@@ -47,7 +47,7 @@ def main(out: str = "results/demo") -> int:
                            out=Path(out) / "fit")
         print(f"\nscaling-law fit (1 - acc1 vs samples seen, by family) -> {Path(out) / 'fit'}")
         print(report.coefficients.to_string(index=False))
-        for name, path in report.files.items():
+        for path in report.files.values():
             if str(path).endswith(".png"):
                 print(f"  plot: {path}")
     except Exception as e:  # the fit is a summary; the table is the product

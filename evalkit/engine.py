@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ from evalkit.data.cache import decoded_images, default_cache_dir
 from evalkit.data.preprocess import normalize
 from evalkit.data.roots import resolve_root
 from evalkit.data.sources import DataError, ImageSource
+from evalkit.models.checkpoint import read_state_dict
 from evalkit.models.factory import load_model
 from evalkit.models.family import LoadedModel
+from evalkit.models.flops import gflops_per_sample
 from evalkit.models.spec import ModelSpec
 from evalkit.results import UnitStore, collect, now, unit_id
 from evalkit.tasks.base import PROTOCOLS, RunContext, TaskRunner, open_task
@@ -226,11 +229,20 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
     for u in pending:
         by_ckpt.setdefault(u.spec.key, []).append(u)
     total, finished = len(pending), 0
-    for ckpt_units in by_ckpt.values():
+    groups = list(by_ckpt.values())
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evalkit-prefetch")
+    prefetched = _prefetch(reader, groups[0][0].spec) if groups else None
+    for gi, ckpt_units in enumerate(groups):
         spec = ckpt_units[0].spec
         t0 = time.time()
+        current, prefetched = prefetched, (_prefetch(reader, groups[gi + 1][0].spec) if gi + 1 < len(groups) else None)
         try:
-            lm = load_model(spec, device=device)
+            state = current.result() if current is not None else None
+            lm = load_model(spec, device=device, state=state)
+            del state
+            gflops = _gflops(lm)
+            extra = {"gflops_per_sample": gflops,
+                     "gflops_total": gflops * spec.samples_seen if gflops and spec.samples_seen else None}
         except Exception as e:  # one bad checkpoint never stops the grid
             err = f"{type(e).__name__}: {e}"
             for u in ckpt_units:
@@ -277,7 +289,7 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
                     if opts.log_samples and result.samples is not None:
                         store.write_samples(u.uid, result.samples)
                     unit = Unit(u.spec, td.spec, u.uid)
-                    store.write(u.uid, _rows(unit, lm, result, "ok", "", common, share), "ok")
+                    store.write(u.uid, _rows(unit, lm, result, "ok", "", {**common, **extra}, share), "ok")
                     counts["ok"] += 1
                     finished += 1
                     main = td.spec.main_metric or next(iter(result.metrics))
@@ -286,7 +298,22 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
                     _fail(store, u, lm, e, common, share, counts)
                     finished += 1
         del lm
+    reader.shutdown(wait=True)
     return counts
+
+
+def _prefetch(pool: ThreadPoolExecutor, spec: ModelSpec) -> Future | None:
+    """Read a local checkpoint file in the background (I/O and unpickling overlap compute)."""
+    if spec.pretrained and Path(spec.pretrained).is_file() and not spec.model.startswith(("hf-hub:", "local-dir:")):
+        return pool.submit(read_state_dict, spec.pretrained)
+    return None
+
+
+def _gflops(lm: LoadedModel) -> float | None:
+    try:
+        return gflops_per_sample(lm)
+    except Exception:  # FLOPs are metadata: never fail a unit over them
+        return None
 
 
 def _fail(store: UnitStore, u: Unit, lm: LoadedModel | None, e: Exception, common: dict[str, Any], dt: float,

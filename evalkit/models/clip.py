@@ -43,9 +43,9 @@ class CLIPFamily(ModelFamily):
 
     @classmethod
     def build(cls, model_name: str, model_cfg: dict[str, Any]) -> torch.nn.Module:
-        import open_clip
-
         import logging
+
+        import open_clip
 
         logger = logging.getLogger()
         level = logger.level
@@ -87,6 +87,31 @@ class CLIPFamily(ModelFamily):
         resize_pos_embed(state, model)
         resize_text_pos_embed(state, model)
         return state
+
+    @classmethod
+    def encode_text_prefix(cls, model: torch.nn.Module, text: torch.Tensor) -> torch.Tensor:
+        """Normalised text features computed on the shortest prefix that holds every EOT.
+
+        Under a causal mask the EOT position never sees the padding after it, so cutting the padding
+        changes nothing but the work (77 -> ~15 positions for ImageNet prompts). Only for open_clip's
+        built-in CLIP text tower with argmax (EOT) pooling; anything else runs unchanged.
+        """
+        import torch.nn.functional as F
+        from open_clip.model import CLIP
+        from open_clip.transformer import text_global_pool
+
+        if type(model) is not CLIP or model.text_pool_type != "argmax" or model.attn_mask is None:
+            return model.encode_text(text, normalize=True)
+        n = int(text.argmax(dim=-1).max().item()) + 1
+        text = text[:, :n]
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
+        x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
+        x = model.ln_final(x)
+        x = text_global_pool(x, text, "argmax")
+        if model.text_projection is not None:
+            x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+        return F.normalize(x, dim=-1)
 
     @classmethod
     def image_patch_tokens(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -99,12 +99,18 @@ def _pretrained_file(arch: str, pretrained: str | None) -> Path | None:
         ) from None
 
 
-def load_model(spec: ModelSpec | str, pretrained: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load any supported model source as a `LoadedModel` in eval mode on `device`."""
+def load_model(spec: ModelSpec | str, pretrained: str | None = None, device: str | torch.device = "cpu",
+               state: dict[str, torch.Tensor] | None = None) -> LoadedModel:
+    """Load any supported model source as a `LoadedModel` in eval mode on `device`.
+
+    `state` is the already-read state dict of the weights file (the engine reads the next checkpoint
+    while the current one computes).
+    """
     if isinstance(spec, str):
         spec = ModelSpec(model=spec, pretrained=pretrained)
     name, cfg, pp, weights = resolve_source(spec)
-    state = read_state_dict(weights) if weights is not None else None
+    if state is None and weights is not None:
+        state = read_state_dict(weights)
     family = family_for(name, cfg, set(state) if state is not None else None)
     if spec.family and spec.family != family.name:
         from evalkit.models.family import FAMILIES

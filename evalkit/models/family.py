@@ -40,6 +40,13 @@ class LoadedModel:
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.encode_text(tokens, normalize=True)
 
+    def encode_prompts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Like `encode_text`, but a family may skip work that cannot change the result (see clip.py)."""
+        fam = FAMILIES[self.family]
+        if hasattr(fam, "encode_text_prefix"):
+            return fam.encode_text_prefix(self.model, tokens)
+        return self.encode_text(tokens)
+
     def image_patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens [B, N, D] of the image tower (for segmentation probes)."""
         return FAMILIES[self.family].image_patch_tokens(self.model, images)
