@@ -83,9 +83,9 @@ def resolve_model_arg(model: str, pretrained: str | None = None) -> ModelSpec:
         return spec
     if model.startswith(("hf-hub:", "local-dir:")) or model.endswith(".json"):
         return ModelSpec(model=model, pretrained=pretrained)
-    from evalkit.models.configs import CONFIG_DIR
-
     import open_clip
+
+    from evalkit.models.configs import CONFIG_DIR
 
     if (CONFIG_DIR / f"{model}.json").is_file() or open_clip.get_model_config(model) is not None:
         return ModelSpec(model=model, pretrained=pretrained)

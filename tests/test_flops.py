@@ -1,0 +1,27 @@
+"""FLOPs per sample equal the paper's own profile (model_profile.csv, open_clip's torch profiler)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from _util import SHARED
+
+from evalkit.models.factory import load_model
+from evalkit.models.flops import count_gflops, gflops_per_sample
+
+PROFILE = pd.read_csv(SHARED / "data" / "scaling-laws" / "model_profile.csv").set_index("model")
+
+
+@pytest.mark.parametrize("arch", ["ViT-S-32", "ViT-M-32", "ViT-B-32"])
+def test_clip_gflops_match_model_profile(arch):
+    lm = load_model(arch)
+    assert round(count_gflops(lm.model, lm.preprocess.size, lm.context_length), 2) == PROFILE.loc[arch, "gflops"]
+
+
+def test_gflops_are_cached_per_architecture(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVALKIT_FLOPS_CACHE", str(tmp_path / "flops.json"))
+    lm = load_model("ViT-S-32")
+    first = gflops_per_sample(lm)
+    assert (tmp_path / "flops.json").is_file() and round(first, 2) == PROFILE.loc["ViT-S-32", "gflops"]
+    lm.model = None  # a cached value needs no forward pass
+    assert gflops_per_sample(lm) == first
