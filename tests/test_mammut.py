@@ -340,6 +340,48 @@ def _train_tiny() -> None:
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3], [0, 5, 4, 1]])
+def test_coca_losses_equal_coca_loss(rows: list[int], inputs: dict, tokens: torch.Tensor) -> None:
+    """The cheap training loss (trimmed pads, LM head on non-pad labels) equals CoCaLoss on forward,
+    values and gradients, with and without a caption that fills all 77 positions."""
+    import open_clip
+
+    model = _micro_from("open_clip_model.safetensors").train()
+    text = tokens[rows]
+    ref_clip, ref_cap = open_clip.CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0)(**model(inputs["images"], text))
+    (ref_clip + ref_cap).backward()
+    ref_grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    clip, cap = model.coca_losses(inputs["images"], text, caption_loss_weight=2.0, clip_loss_weight=1.0)
+    (clip + cap).backward()
+    assert abs(clip.item() - ref_clip.item()) < 1e-5 and abs(cap.item() - ref_cap.item()) < 1e-5
+    assert cap.item() > 1.0  # a real captioning loss, not an empty selection
+    for k, p in model.named_parameters():
+        assert torch.allclose(p.grad, ref_grads[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_embedded_training_hook() -> None:
+    """train.py's mammut family builds the packaged tiny config and trains it with the CoCa loss."""
+    train = pytest.importorskip("evalkit.embedded.train")  # written alongside; absent in older trees
+    from evalkit.embedded.grid import GRID
+
+    TRAIN_FAMILIES, load_model_config = train.FAMILIES, train.load_model_config
+
+    runs = [r for r in GRID if r.family == "mammut"]
+    assert runs and all(MaMMUTFamily.matches(r.model, load_model_config(r.model)) for r in runs)
+    fam = TRAIN_FAMILIES["mammut"]
+    torch.manual_seed(0)
+    model = fam.build(load_model_config(runs[0].model))
+    assert isinstance(model, MaMMUT)
+    text = torch.zeros(4, 32, dtype=torch.long)
+    text[:, :4] = torch.tensor([49406, 320, 1929, 49407])
+    loss = fam.loss(model, torch.randn(4, 3, 32, 32), text)
+    # Fresh model: zero LM head, so captioning is uniform over the vocabulary: 2 * ln(49408).
+    assert loss.item() > 2 * torch.log(torch.tensor(49408.0)).item()
+    loss.backward()
+    assert model.logit_scale.grad is not None and model.visual.conv1.weight.grad.abs().sum() > 0
+
+
 # ---------------------------------------------------------------- end to end through the factory
 
 

@@ -273,6 +273,33 @@ class MaMMUT(nn.Module):
         out["logits"] = self.caption_logits(tokens, text[:, :-1] if is_training else text)
         return out
 
+    def coca_losses(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        caption_loss_weight: float = 2.0,
+        clip_loss_weight: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(contrastive, captioning) losses equal to `open_clip.CoCaLoss(...)(**self(image, text))`, cheaper.
+
+        The vocab-wide logits dominate a tiny model's step, so the decoder runs only up to the batch's
+        last non-pad token (under the causal mask earlier positions cannot see the dropped columns)
+        and the LM head only at non-pad labels (the ones CoCaLoss ignores are skipped). Single process.
+        """
+        feats, tokens = self.visual(image)
+        img = F.normalize(feats, dim=-1)
+        txt = self.encode_text(text)
+        logits = self.logit_scale.exp() * img @ txt.T
+        target = torch.arange(logits.shape[0], device=logits.device)
+        clip = clip_loss_weight * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        nonpad = (text != self.pad_id).any(dim=0).nonzero()
+        text = text[:, : max(int(nonpad.max()) + 1 if nonpad.numel() else 0, 2)]
+        labels = text[:, 1:]
+        keep = labels != self.pad_id
+        hidden = self.text(text[:, :-1], image_embs=tokens @ self.map_viz2txt_kv)
+        caption = F.cross_entropy(hidden[keep] @ self.text.text_projection, labels[keep])
+        return clip, caption_loss_weight * caption
+
 
 @register_family
 class MaMMUTFamily(ModelFamily):
