@@ -355,7 +355,7 @@ class MaMMUTFamily(ModelFamily):
                 )
         vpos = state.get("visual.positional_embedding")
         if vpos is not None and vpos.shape != own["visual.positional_embedding"].shape:
-            if not math.isqrt(vpos.shape[0] - 1) ** 2 == vpos.shape[0] - 1:
+            if math.isqrt(vpos.shape[0] - 1) ** 2 != vpos.shape[0] - 1:
                 raise CheckpointError(f"visual.positional_embedding: {tuple(vpos.shape)} is not 1 + a square grid")
             resize_pos_embed(state, model)
         tpos = state.get("text.positional_embedding")
