@@ -65,17 +65,42 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     specs = _specs(args)
     tasks = [get_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
-    opts = RunOptions(
-        data_root=args.data_root, out=args.out, device=args.device, precision=args.precision,
-        batch_size=args.batch_size, text_batch_size=args.text_batch_size, log_samples=args.log_samples,
-        num_workers=args.num_workers, shard=args.shard,
-        **({"cache_dir": None} if args.no_cache else ({"cache_dir": args.cache_dir} if args.cache_dir else {})),
-    )
+    opts = RunOptions(**_run_options(args), shard=args.shard)
     counts = run(specs, tasks, opts)
     table = collect(args.out)
     print(f"units: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already done")
     print(f"table: {os.path.join(args.out, 'results.parquet')} ({len(table)} rows)")
     return 1 if counts["failed"] else 0
+
+
+def _run_options(args: argparse.Namespace) -> dict:
+    opts = dict(data_root=args.data_root, out=args.out, device=args.device, precision=args.precision,
+                batch_size=args.batch_size, text_batch_size=args.text_batch_size, log_samples=args.log_samples,
+                num_workers=args.num_workers)
+    if args.no_cache:
+        opts["cache_dir"] = None
+    elif args.cache_dir:
+        opts["cache_dir"] = args.cache_dir
+    return opts
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from evalkit.submit import submit
+    from evalkit.tasks.registry import get_task
+
+    specs = _specs(args)
+    tasks = [get_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
+    slurm = {k: v for k, v in {"slurm_partition": args.partition, "gpus_per_node": args.gpus_per_shard,
+                                "cpus_per_task": args.cpus_per_shard, "timeout_min": args.timeout_min,
+                                "slurm_account": args.account}.items() if v is not None}
+    folder = args.log_folder or f"{args.out}/slurm"
+    jobs = submit(specs, tasks, _run_options(args), args.shards, folder, cluster=args.cluster, slurm=slurm, wait=args.wait)
+    print(f"submitted {len(jobs)} array tasks ({jobs[0].job_id.split('_')[0] if jobs else '-'}); logs in {folder}")
+    if args.wait:
+        from evalkit.results import collect
+
+        print(f"table: {args.out}/results.parquet ({len(collect(args.out))} rows)")
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -143,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="evaluate models or checkpoint grids on tasks")
     _add_run_options(r)
     r.set_defaults(func=cmd_run)
+    s = sub.add_parser("submit", help="the same run as a SLURM job array (submitit), one shard per task")
+    _add_run_options(s)
+    s.add_argument("--shards", type=int, required=True, help="number of array tasks (e.g. one per GPU)")
+    s.add_argument("--partition")
+    s.add_argument("--account")
+    s.add_argument("--gpus-per-shard", type=int)
+    s.add_argument("--cpus-per-shard", type=int)
+    s.add_argument("--timeout-min", type=int)
+    s.add_argument("--log-folder", help="submitit logs (default: OUT/slurm)")
+    s.add_argument("--cluster", choices=["slurm", "local", "debug"], help="default: slurm when sbatch exists, else local")
+    s.add_argument("--wait", action="store_true", help="wait for every shard and print the table")
+    s.set_defaults(func=cmd_submit)
     m = sub.add_parser("models", help="list the zoo (checkpoints.yaml)")
     m.add_argument("--archs", action="store_true", help="also list evalkit's own architectures")
     m.set_defaults(func=cmd_models)

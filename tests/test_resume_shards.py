@@ -105,3 +105,20 @@ def test_results_do_not_depend_on_batch_size(grid, reference, tmp_path):
     other = _table(tmp_path / "o")
     pd.testing.assert_frame_equal(other.drop(columns="value"), reference.drop(columns="value"))
     assert (other.value - reference.value).abs().max() <= 1e-6
+
+
+def test_submit_runs_shards_as_an_array_with_submitits_local_executor(grid, reference, tmp_path):
+    from evalkit.models.runs import specs_from_run_dir
+    from evalkit.submit import submit
+    from evalkit.tasks.registry import get_task
+
+    opts = {"data_root": str(DATA / "{dataset}"), "out": str(tmp_path / "out"), "device": "cpu",
+            "cache_dir": str(tmp_path / "cache"), "batch_size": 50}
+    tasks = [get_task("shapes"), get_task("wds/wds_shapes")]
+    os.environ["EVALKIT_DATA_ROOT_SHAPES"] = ENV["EVALKIT_DATA_ROOT_SHAPES"]
+    try:
+        jobs = submit(specs_from_run_dir(grid), tasks, opts, shards=2, folder=tmp_path / "slurm", cluster="local", wait=True)
+    finally:
+        del os.environ["EVALKIT_DATA_ROOT_SHAPES"]
+    assert len(jobs) == 2 and sum(j.result()["ok"] for j in jobs) == 8
+    pd.testing.assert_frame_equal(_table(tmp_path / "out"), reference)
