@@ -12,10 +12,10 @@ from evalkit.models.flops import count_gflops, gflops_per_sample
 PROFILE = pd.read_csv(SHARED / "data" / "scaling-laws" / "model_profile.csv").set_index("model")
 
 
-@pytest.mark.parametrize("arch", ["ViT-S-32", "ViT-M-32", "ViT-B-32"])
+@pytest.mark.parametrize("arch", ["ViT-S-32", "ViT-M-32", "ViT-B-32", "mammut_ViT-S-32", "mammut_ViT-B-32"])
 def test_clip_gflops_match_model_profile(arch):
     lm = load_model(arch)
-    assert round(count_gflops(lm.model, lm.preprocess.size, lm.context_length), 2) == PROFILE.loc[arch, "gflops"]
+    assert round(count_gflops(lm.model, lm.preprocess.size, lm.context_length, lm.family), 2) == PROFILE.loc[arch, "gflops"]
 
 
 def test_gflops_are_cached_per_architecture(tmp_path, monkeypatch):

@@ -84,6 +84,11 @@ class ModelFamily:
         return state
 
     @classmethod
+    def profile_forward(cls, model: torch.nn.Module, image: torch.Tensor, text: torch.Tensor) -> None:
+        """The forward whose FLOPs count as the model's per-sample compute (open_clip's profiler)."""
+        model(image, text)
+
+    @classmethod
     def image_patch_tokens(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"family {cls.name} has no patch-token readout yet")
 

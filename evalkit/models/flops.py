@@ -22,8 +22,10 @@ def arch_key(lm: LoadedModel) -> str:
     return hashlib.sha1(json.dumps([lm.family, lm.model_cfg], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def count_gflops(model: torch.nn.Module, image_size: int, context_length: int) -> float:
+def count_gflops(model: torch.nn.Module, image_size: int, context_length: int, family: str | None = None) -> float:
     from torch.utils.flop_counter import FlopCounterMode
+
+    from evalkit.models.family import FAMILIES, family_for
 
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -32,8 +34,9 @@ def count_gflops(model: torch.nn.Module, image_size: int, context_length: int) -
     counter = FlopCounterMode(display=False)
     # Not under no_grad: there nn.MultiheadAttention takes a fused fast path whose FLOPs the counter
     # misses; open_clip's profiler runs with grad enabled, and so do we.
+    fam = FAMILIES[family] if family else family_for(getattr(model, "evalkit_arch", ""), {})
     with torch.enable_grad(), counter:
-        model(image, text)
+        fam.profile_forward(model, image, text)
     return sum(counter.get_flop_counts()["Global"].values()) / 1e9
 
 
@@ -47,7 +50,7 @@ def gflops_per_sample(lm: LoadedModel) -> float:
         cache = {}
     if key in cache:
         return float(cache[key]["gflops"])
-    value = count_gflops(lm.model, lm.preprocess.size, lm.context_length)
+    value = count_gflops(lm.model, lm.preprocess.size, lm.context_length, lm.family)
     cache[key] = {"arch": lm.arch, "gflops": value}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
