@@ -1,0 +1,379 @@
+"""Semantic segmentation probes (ADE20K-style), cheap enough for every checkpoint of a grid.
+
+One task type, `segmentation`, with two declared protocols chosen by the task file's `protocol:` key;
+each protocol's settings are top-level keys of the task file (so they are in `TaskSpec.options`
+and in the task hash) and every one of them must be declared there, so no code default can change
+a number without changing the hash. See docs/segmentation.md.
+
+- `zero-shot` (training-free, MaskCLIP): dense patch features mapped into the joint space by the
+  family's dense projection, cosine against the class text embeddings (templates averaged).
+- `linear` (frozen encoder): a linear head on standardised final-block patch tokens, trained on a
+  fixed seeded subset of the train split inside `prepare`, evaluated on the whole eval split.
+
+Both evaluate at the geometry of the preprocessed image: label maps are resized/cropped with
+NEAREST exactly as the image pixels are (`label_transform`), patch logits are upsampled
+bilinearly to that crop, then argmax. mIoU / pixel accuracy: `seg_metrics.SegmentationMeter`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from evalkit.data.segmentation import IGNORE_LABEL, load_label_maps, open_segmentation
+from evalkit.data.sources import DataError, ImageSource
+from evalkit.models.family import LoadedModel
+from evalkit.tasks.base import RunContext, TaskResult, TaskRunner, register_protocol
+from evalkit.tasks.seg_metrics import SegmentationMeter
+from evalkit.tasks.spec import TaskError, TaskSpec
+
+PROTOCOL_KEYS: dict[str, tuple[str, ...]] = {
+    "zero-shot": ("dense",),
+    "linear": ("layer", "train_split", "train_subset", "pixels_per_image", "seed", "steps", "batch_size",
+               "optimizer", "lr", "weight_decay"),
+}
+# Settings with one implemented value: declared in the task file so the hash says what was computed.
+FIXED = {"dense": "maskclip", "layer": "last", "optimizer": "adamw", "geometry": "center_crop"}
+UPSAMPLE_CHUNK = 16  # images per logits upsampling call: bounds memory at C x S x S floats per image
+EXTRACT_BATCH = 64  # train images per forward pass in the linear probe (does not change numbers)
+
+
+# ------------------------------------------------------------------------------------------------
+# Dense projection into the joint space, per family.
+# NOTE: this is a models-layer concern (a `LoadedModel.image_dense_features` family method); it
+# lives here until the models layer provides it. It dispatches on `lm.family` and on open_clip's
+# module structure (`visual.transformer.resblocks[-1]`, `visual.ln_post`, `visual.proj`).
+# ------------------------------------------------------------------------------------------------
+
+
+class DenseProjection:
+    """Maps the engine's final-block patch tokens [B, N, D] to joint-space features [B, N, E]."""
+
+    def __init__(self, lm: LoadedModel, autocast: Any) -> None:
+        self.visual = lm.model.visual
+        self.autocast = autocast
+        self.family = lm.family
+        self._hook = None
+        self._x: torch.Tensor | None = None
+        for attr in ("ln_post", "proj"):
+            if not hasattr(self.visual, attr):
+                raise NotImplementedError(f"{lm.arch}: image tower has no {attr}; no dense projection for it")
+        if getattr(self.visual, "attn_pool", None) is not None:
+            raise NotImplementedError(f"{lm.arch}: attentional pooling has no MaskCLIP dense path")
+        if lm.family == "mammut":
+            return  # avg_all pooling: pooled = ln_post(mean(tokens)) @ proj, so a token maps as ln_post(t) @ proj
+        if lm.family != "clip":
+            raise NotImplementedError(f"family {lm.family}: no dense projection (zero-shot segmentation)")
+        block = self.visual.transformer.resblocks[-1]
+        attn = getattr(block, "attn", None)
+        if not isinstance(attn, torch.nn.MultiheadAttention) or not hasattr(block, "mlp"):
+            raise NotImplementedError(f"{lm.arch}: last vision block {type(block).__name__} is not open_clip's "
+                                      "ResidualAttentionBlock; no MaskCLIP path for it")
+        self.block = block
+        self.batch_first = bool(getattr(self.visual.transformer, "batch_first", True))
+        # The engine computes the tokens; the hook keeps the last block's input from that same forward
+        # pass, so the MaskCLIP path costs one extra block, not a second pass through the tower.
+        self._hook = block.register_forward_pre_hook(self._grab)
+
+    def _grab(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        self._x = args[0]
+
+    def close(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self._x = None
+
+    @torch.no_grad()
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            x = tokens if self.family == "mammut" else self._maskclip(tokens)
+            x = self.visual.ln_post(x)
+            if self.visual.proj is not None:
+                x = x @ self.visual.proj
+        return x.float()
+
+    def _maskclip(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The last block with attention restricted to each token itself (MaskCLIP, Zhou et al. 2022).
+
+        q-k attention is dropped: a token's attention output is `out_proj(v)` of its own value; the
+        block's residuals, layer scales and MLP are kept, as in MaskCLIP's ViT backbone.
+        """
+        x, self._x = self._x, None
+        if x is None:
+            raise RuntimeError("MaskCLIP: the last block's input was not captured for this batch")
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        if x.shape[0] != tokens.shape[0]:
+            raise RuntimeError(f"MaskCLIP: captured batch {x.shape[0]} != token batch {tokens.shape[0]}")
+        blk, d = self.block, x.shape[-1]
+        w = blk.attn.in_proj_weight[2 * d:] if blk.attn.in_proj_weight is not None else blk.attn.v_proj_weight
+        b = blk.attn.in_proj_bias[2 * d:] if blk.attn.in_proj_bias is not None else None
+        v = blk.attn.out_proj(F.linear(blk.ln_1(x), w, b))
+        x = x + (blk.ls_1(v) if hasattr(blk, "ls_1") else v)
+        m = blk.mlp(blk.ln_2(x))
+        x = x + (blk.ls_2(m) if hasattr(blk, "ls_2") else m)
+        return x[:, -tokens.shape[1]:]
+
+
+# ------------------------------------------------------------------------------------------------
+# The task
+# ------------------------------------------------------------------------------------------------
+
+
+def protocol_options(spec: TaskSpec) -> tuple[str, dict[str, Any]]:
+    """(protocol, its settings), every setting declared in the task file."""
+    opts = spec.options
+    proto = opts.get("protocol")
+    if proto not in PROTOCOL_KEYS:
+        raise TaskError(f"task {spec.name} ({spec.source}): protocol must be one of {sorted(PROTOCOL_KEYS)}, "
+                        f"not {proto!r}")
+    block = opts.get(proto.replace("-", "_"), {}) or {}
+    if not isinstance(block, dict):
+        raise TaskError(f"task {spec.name} ({spec.source}): '{proto.replace('-', '_')}' must be a mapping")
+    want = set(PROTOCOL_KEYS[proto])
+    missing, unknown = sorted(want - set(block)), sorted(set(block) - want)
+    if missing or unknown:
+        raise TaskError(f"task {spec.name} ({spec.source}): protocol {proto} settings "
+                        + (f"missing {missing} " if missing else "") + (f"unknown {unknown}" if unknown else "")
+                        + f" (declare exactly {sorted(want)})")
+    for key, value in [*block.items(), ("geometry", opts.get("geometry"))]:
+        if key in FIXED and str(value).lower() != FIXED[key]:
+            raise TaskError(f"task {spec.name} ({spec.source}): {key}: {value!r} is not implemented "
+                            f"(only {FIXED[key]!r})")
+    return proto, dict(block)
+
+
+def num_classes_of(spec: TaskSpec) -> int:
+    n = spec.options.get("num_classes")
+    if not isinstance(n, int) or n < 1:
+        raise TaskError(f"task {spec.name} ({spec.source}): declare num_classes (a positive integer)")
+    if isinstance(spec.classnames, list) and len(spec.classnames) != n:
+        raise TaskError(f"task {spec.name} ({spec.source}): {len(spec.classnames)} classnames for num_classes {n}")
+    return n
+
+
+def subset_source(source: ImageSource, indices: list[int], tag: str) -> ImageSource:
+    """A view of `source` on `indices` (its own fingerprint, so the decode cache keeps it apart)."""
+    import hashlib
+
+    fp = hashlib.sha1(f"{source.fingerprint}|{tag}|{indices}".encode()).hexdigest()[:16]
+    meta = dict(source.meta)
+    meta["open_mask"] = lambda i: source.meta["open_mask"](indices[i])
+    meta["image_size"] = lambda i: source.meta["image_size"](indices[i])
+    return ImageSource(
+        name=f"{source.name}{{{tag}}}", ids=[source.ids[i] for i in indices], opener=lambda i: source.opener(indices[i]),
+        targets=[source.targets[i] for i in indices], fingerprint=fp, classnames=source.classnames, meta=meta,
+    )
+
+
+def seeded_subset(n: int, size: int | str, seed: int) -> list[int]:
+    """Sorted indices of a fixed subset: `size` of `n` drawn by numpy's PCG64 with `seed` ("all": every one)."""
+    if size == "all" or (isinstance(size, int) and size >= n):
+        return list(range(n))
+    if not isinstance(size, int) or size < 1:
+        raise TaskError(f"train_subset must be a positive integer or 'all', not {size!r}")
+    return sorted(np.random.default_rng(seed).choice(n, size=size, replace=False).tolist())
+
+
+def patch_grid(lm: LoadedModel, n_tokens: int) -> tuple[int, int]:
+    grid = getattr(lm.model.visual, "grid_size", None)
+    if grid is not None and grid[0] * grid[1] == n_tokens:
+        return int(grid[0]), int(grid[1])
+    side = math.isqrt(n_tokens)
+    if side * side != n_tokens:
+        raise ValueError(f"{n_tokens} patch tokens do not form a square grid")
+    return side, side
+
+
+def upsampled_logits(logits: torch.Tensor, grid: tuple[int, int], size: int) -> torch.Tensor:
+    """[B, N, C] patch logits -> [B, C, S, S], bilinear (align_corners=False) from the patch grid."""
+    b, n, c = logits.shape
+    maps = logits.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+    return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@register_protocol("segmentation")
+class Segmentation(TaskRunner):
+    """Either protocol; the shared part is geometry, upsampling and the metric."""
+
+    needs = "patch_tokens"
+    default_metrics: ClassVar[list[str]] = ["miou", "pixel_acc"]
+    default_main_metric = "miou"
+
+    def __init__(self, spec: TaskSpec, source: ImageSource) -> None:
+        super().__init__(spec, source)
+        self.protocol, self.settings = protocol_options(spec)
+        self.num_classes = num_classes_of(spec)
+
+    @classmethod
+    def open_source(cls, root: Path | str, spec: TaskSpec) -> ImageSource:
+        source = open_segmentation(root, split=spec.split)
+        n = num_classes_of(spec)
+        if source.classnames is not None and len(source.classnames) != n:
+            raise DataError(f"{source.name}: the data lists {len(source.classnames)} classes (objectInfo150.csv) "
+                            f"but task {spec.name} has num_classes {n}: wrong data root for this task?")
+        source.classnames = None  # the task file's classnames are the prompts; the data's only checked above
+        return source
+
+    # --------------------------------------------------------------------------------- per checkpoint
+
+    def prepare(self, lm: LoadedModel, ctx: RunContext) -> None:
+        self.lm, self.ctx = lm, ctx
+        self.size = lm.preprocess.size
+        self.labels = load_label_maps(self.source, lm.preprocess, self.num_classes)
+        self.meter = SegmentationMeter(self.num_classes)
+        self.dense: DenseProjection | None = None
+        if self.protocol == "zero-shot":
+            self._prepare_zero_shot(lm, ctx)
+        else:
+            self._prepare_linear(lm, ctx)
+
+    def _prepare_zero_shot(self, lm: LoadedModel, ctx: RunContext) -> None:
+        from evalkit.tasks.zeroshot_classification import build_classifier
+
+        if not self.spec.classnames or not self.spec.templates:
+            raise ValueError(f"task {self.spec.name}: zero-shot segmentation needs classnames and templates")
+        self.classifier = build_classifier(lm, list(self.spec.classnames), list(self.spec.templates), ctx)
+        self.dense = DenseProjection(lm, ctx.autocast)
+
+    def _prepare_linear(self, lm: LoadedModel, ctx: RunContext) -> None:
+        s = self.settings
+        root = self.source.meta.get("root")
+        full = open_segmentation(root, split=str(s["train_split"]))
+        idx = seeded_subset(len(full), s["train_subset"], int(s["seed"]))
+        train = subset_source(full, idx, f"subset{len(idx)}-seed{s['seed']}")
+        labels = torch.from_numpy(np.ascontiguousarray(load_label_maps(train, lm.preprocess, self.num_classes)))
+        tokens = extract_patch_tokens(lm, train, ctx)
+        self.head = fit_linear_head(tokens, labels, self.num_classes, patch_grid(lm, tokens.shape[1]), s, ctx.device)
+
+    # --------------------------------------------------------------------------------- per batch
+
+    @torch.no_grad()
+    def update(self, index: torch.Tensor, features: torch.Tensor) -> None:
+        if self.dense is not None:
+            feats = F.normalize(self.dense(features), dim=-1)
+            logits = feats @ self.classifier
+        else:
+            logits = self.head(features.float())
+        grid = patch_grid(self.lm, logits.shape[1])
+        target = torch.from_numpy(np.ascontiguousarray(self.labels[index.numpy()]))
+        for start in range(0, logits.shape[0], UPSAMPLE_CHUNK):
+            sl = slice(start, start + UPSAMPLE_CHUNK)
+            pred = upsampled_logits(logits[sl].float(), grid, self.size).argmax(dim=1)
+            self.meter.update(pred, target[sl].to(pred.device))
+
+    def result(self, log_samples: bool = False) -> TaskResult:
+        if self.dense is not None:
+            self.dense.close()
+        metrics = self.meter.compute()
+        iou = self.meter.per_class_iou()
+        samples = None
+        if log_samples:
+            import pandas as pd
+
+            cm = self.meter.confusion
+            names = list(self.spec.classnames) if self.spec.classnames else [str(i) for i in range(self.num_classes)]
+            samples = pd.DataFrame({
+                "class": names, "iou": iou.numpy(), "intersection": cm.diag().numpy(),
+                "union": (cm.sum(0) + cm.sum(1) - cm.diag()).numpy(), "gt_pixels": cm.sum(1).numpy(),
+            })
+        return TaskResult(metrics=metrics, n_samples=len(self.source), samples=samples,
+                          extra={"per_class_iou": iou.tolist(), "protocol": self.protocol})
+
+
+# ------------------------------------------------------------------------------------------------
+# Linear probe
+# ------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def extract_patch_tokens(lm: LoadedModel, source: ImageSource, ctx: RunContext) -> torch.Tensor:
+    """Final-block patch tokens [M, N, D] (float32, on ctx.device) of every image of `source`.
+
+    Images go through the decode-once cache like the engine's, so a grid decodes the subset once.
+    """
+    from evalkit.data.cache import decoded_images, default_cache_dir
+    from evalkit.data.preprocess import normalize
+
+    cache_dir = getattr(ctx, "cache_dir", None) or default_cache_dir()
+    pixels = decoded_images(source, lm.preprocess, Path(cache_dir), num_workers=getattr(ctx, "num_workers", None))
+    out = []
+    for start in range(0, len(source), EXTRACT_BATCH):
+        batch = torch.from_numpy(np.array(pixels[start:start + EXTRACT_BATCH])).to(ctx.device)
+        with ctx.autocast():
+            out.append(lm.image_patch_tokens(normalize(batch, lm.preprocess)).float())
+    return torch.cat(out)
+
+
+class LinearHead(torch.nn.Module):
+    """Standardisation (train-set token mean/std, fixed) + one linear layer: tokens [..., D] -> [..., C]."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.linear = torch.nn.Linear(mean.shape[-1], num_classes)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.linear((tokens - self.mean) / self.std)
+
+
+def pixel_samples(tokens: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int], per_image: int | str,
+                  gen: torch.Generator, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [P, D], classes [P]) at labelled pixels of the crop: the bilinearly upsampled tokens.
+
+    Bilinear weights sum to 1, so a linear head on upsampled tokens equals the bilinear upsampling of
+    its patch logits (what inference computes): training on pixels is exactly the pixel-wise loss,
+    at the cost of a matmul per sampled pixel. `per_image` labelled pixels are drawn per image
+    (uniformly, seeded), or every one with "all".
+    """
+    size = labels.shape[-1]
+    feats, classes = [], []
+    for start in range(0, tokens.shape[0], chunk):
+        t = tokens[start:start + chunk]
+        up = F.interpolate(t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid), size=(size, size),
+                           mode="bilinear", align_corners=False)
+        for j in range(t.shape[0]):
+            lab = labels[start + j].reshape(-1).to(up.device)
+            where = (lab != IGNORE_LABEL).nonzero().squeeze(1)
+            if per_image != "all" and where.numel() > int(per_image):
+                pick = torch.randperm(where.numel(), generator=gen)[: int(per_image)].to(where.device)
+                where = where[pick]
+            feats.append(up[j].reshape(up.shape[1], -1)[:, where].T)
+            classes.append(lab[where].long())
+    return torch.cat(feats), torch.cat(classes)
+
+
+def fit_linear_head(tokens: torch.Tensor, labels: torch.Tensor, num_classes: int, grid: tuple[int, int],
+                    settings: dict[str, Any], device: torch.device) -> LinearHead:
+    """Train the head: AdamW + cosine decay on pixel cross-entropy at crop resolution (label 0 ignored).
+
+    Deterministic for a seed: zero init; pixels and minibatches drawn by a seeded CPU generator.
+    """
+    gen = torch.Generator().manual_seed(int(settings["seed"]))
+    flat = tokens.reshape(-1, tokens.shape[-1])
+    head = LinearHead(flat.mean(0), flat.std(0).clamp(min=1e-6), num_classes).to(device)
+    x, y = pixel_samples(tokens, labels, grid, settings["pixels_per_image"], gen)
+    if not y.numel():
+        raise DataError("linear probe: the training subset has no labelled pixels")
+    x, y = x.to(device), y.to(device)
+    steps, bs = int(settings["steps"]), int(settings["batch_size"])
+    opt = torch.optim.AdamW(head.parameters(), lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"]))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    with torch.enable_grad():
+        for _ in range(steps):
+            idx = torch.randint(y.numel(), (min(bs, y.numel()),), generator=gen).to(device)
+            loss = F.cross_entropy(head(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return head.eval()
