@@ -2,3 +2,4 @@
 
 import evalkit.tasks.zeroshot_retrieval  # noqa: F401  (registers the protocol)
 from evalkit.tasks import zeroshot_classification  # noqa: F401  (registers the protocol)
+from evalkit.tasks import segmentation  # noqa: F401  (registers the protocol)
