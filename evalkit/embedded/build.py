@@ -8,6 +8,7 @@ Checkpoints are not committed (they are ~20 MB each); CI rebuilds them from a cl
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from evalkit.embedded.grid import GRID, RunSpec
 from evalkit.embedded.paths import data_root, embedded_home
+
+TRAINER_VERSION = 1  # bump when train.py changes what it writes
 
 
 def data_dir(root: Path | None = None) -> Path:
@@ -34,8 +37,32 @@ def ensure_data(root: Path | None = None) -> Path:
     return target
 
 
+STAMP = "embedded_stamp.json"
+
+
+def fingerprint(spec: RunSpec) -> str:
+    """What a run's bytes depend on: spec, model config, world and trainer versions."""
+    from evalkit.embedded import world
+    from evalkit.embedded.grid import model_config_path
+
+    blob = json.dumps({"spec": spec.as_dict(), "config": json.loads(model_config_path(spec.model).read_text()),
+                       "world": world.WORLD_VERSION, "trainer": TRAINER_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def is_built(spec: RunSpec, home: Path) -> bool:
+    """All epochs present and stamped with the current fingerprint (stale grids are retrained)."""
+    stamp = spec.run_dir(home) / STAMP
+    if not stamp.is_file() or json.loads(stamp.read_text()).get("fingerprint") != fingerprint(spec):
+        return False
     return all(p.is_file() for p in spec.checkpoints(home)) and (spec.run_dir(home) / "params.txt").is_file()
+
+
+def _stamp(spec: RunSpec, home: Path, seconds: float) -> None:
+    path = spec.run_dir(home) / STAMP
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"fingerprint": fingerprint(spec), "train_seconds": round(seconds, 2)}) + "\n")
+    os.replace(tmp, path)
 
 
 def build(root: Path | None = None, runs: list[str] | None = None, evaluate: bool = False,
@@ -62,6 +89,7 @@ def build(root: Path | None = None, runs: list[str] | None = None, evaluate: boo
             pools[key] = TrainPool.build(spec.model)
             info["pool_seconds"] = round(time.perf_counter() - tp, 2)
         seconds = train_run(spec, home, pools[key], log=log)
+        _stamp(spec, home, seconds)
         info["runs"][spec.name] = {**info["runs"].get(spec.name, {}), "train_seconds": round(seconds, 2),
                                    "spec": spec.as_dict()}
     if evaluate:
