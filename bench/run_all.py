@@ -1,0 +1,27 @@
+"""Run every CPU benchmark and record them in bench/RESULTS.md (`make bench`). The GPU one runs only
+where CUDA is available."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    cmds = [["bench_cache.py"], ["bench_grid.py"], ["bench_fit.py"]]
+    import torch
+
+    if torch.cuda.is_available():
+        cmds.append(["bench_gpu.py"])
+    rc = 0
+    for cmd in cmds:
+        print(f"== {' '.join(cmd)}", flush=True)
+        rc |= subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:]]).returncode
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
