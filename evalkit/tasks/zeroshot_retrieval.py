@@ -7,7 +7,7 @@ call on the full row, as in clip_benchmark, so exact ties are resolved exactly a
 them there. `mean_recall@1` is DataComp's main retrieval metric: the mean of both recall@1.
 
 Memory: the [texts x images] matrix is never held whole. Rows are scored in blocks of at most
-`similarity_block_mb` MiB (task option, default 256), so peak extra memory is about one block plus its
+`similarity_block_mb` MiB (task option, default 64), so peak extra memory is about two blocks plus their
 topk indices, whatever the dataset size (5k x 25k for COCO would be 500 MB in float32).
 """
 
@@ -25,7 +25,7 @@ from evalkit.tasks.spec import TaskSpec
 from evalkit.tasks.text import encode_texts
 
 RECALL_K = (1, 5, 10)
-DEFAULT_BLOCK_MB = 256
+DEFAULT_BLOCK_MB = 64
 _METRIC = re.compile(r"^(image|text)_retrieval_recall@(\d+)$")
 
 
