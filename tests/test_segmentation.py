@@ -260,3 +260,37 @@ def test_mammut_dense_is_ln_post_then_proj():
         pooled = v.ln_post(v.tokens(images).mean(1)) @ v.proj
     torch.testing.assert_close(ours, ref)
     torch.testing.assert_close(pooled, lm.model.encode_image(images, normalize=False))
+
+
+def test_linear_head_training_is_deterministic_and_learns():
+    """Seeded pixels, batches and zero init: the same head twice; and it separates separable tokens."""
+    from evalkit.tasks.segmentation import fit_linear_head, upsampled_logits
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (20, 1, 1), generator=gen).repeat(1, 16, 16).to(torch.uint8)  # one class per image
+    tokens = torch.randn(20, 4, 8, generator=gen) * 0.1
+    tokens[:, :, :3] += torch.nn.functional.one_hot(labels[:, 0, 0].long(), 3).float()[:, None, :]
+    settings = {"pixels_per_image": 64, "seed": 0, "steps": 60, "batch_size": 256, "lr": 0.1, "weight_decay": 0.0}
+    a = fit_linear_head(tokens, labels, 3, (2, 2), settings, torch.device("cpu"))
+    b = fit_linear_head(tokens, labels, 3, (2, 2), settings, torch.device("cpu"))
+    assert torch.equal(a.linear.weight, b.linear.weight) and torch.equal(a.linear.bias, b.linear.bias)
+    with torch.no_grad():
+        pred = upsampled_logits(a(tokens), (2, 2), 16).argmax(1)
+    assert torch.equal(pred, labels.long())
+
+
+@pytest.mark.parametrize(("size", "grid"), [(32, (4, 4)), (224, (14, 14)), (224, (16, 16)), (30, (3, 5))])
+def test_bilinear_taps_equal_upsampled_logits(size, grid):
+    """Training interpolates tokens at sampled pixels with the exact weights of inference's F.interpolate."""
+    from evalkit.tasks.segmentation import bilinear_taps, upsampled_logits
+
+    logits = torch.randn(2, grid[0] * grid[1], 5, generator=torch.Generator().manual_seed(1))
+    if grid[0] != grid[1]:  # upsampled_logits is square-only; compare with F.interpolate directly
+        maps = logits.transpose(1, 2).reshape(2, 5, *grid)
+        up = torch.nn.functional.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+    else:
+        up = upsampled_logits(logits, grid, size)
+    pos = torch.arange(size * size)
+    idx, w = bilinear_taps(pos, size, grid)
+    ours = (logits[:, idx] * w[None, :, :, None]).sum(2)  # [2, S*S, 5]
+    torch.testing.assert_close(ours, up.flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)

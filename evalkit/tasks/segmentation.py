@@ -326,52 +326,71 @@ class LinearHead(torch.nn.Module):
         return self.linear((tokens - self.mean) / self.std)
 
 
-def pixel_samples(tokens: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int], per_image: int | str,
-                  gen: torch.Generator, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features [P, D], classes [P]) at labelled pixels of the crop: the bilinearly upsampled tokens.
+def _axis_taps(size: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per output coordinate: (low index, high index, high weight) of PyTorch's bilinear resize
+    (`align_corners=False`, no antialias) from `n` to `size` samples."""
+    src = ((torch.arange(size, dtype=torch.float64) + 0.5) * (n / size) - 0.5).clamp(min=0)
+    lo = src.floor().long().clamp(max=n - 1)
+    hi = (lo + 1).clamp(max=n - 1)
+    return lo, hi, (src - lo).float()
 
-    Bilinear weights sum to 1, so a linear head on upsampled tokens equals the bilinear upsampling of
-    its patch logits (what inference computes): training on pixels is exactly the pixel-wise loss,
-    at the cost of a matmul per sampled pixel. `per_image` labelled pixels are drawn per image
-    (uniformly, seeded), or every one with "all".
-    """
-    size = labels.shape[-1]
-    feats, classes = [], []
-    for start in range(0, tokens.shape[0], chunk):
-        t = tokens[start:start + chunk]
-        up = F.interpolate(t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid), size=(size, size),
-                           mode="bilinear", align_corners=False)
-        for j in range(t.shape[0]):
-            lab = labels[start + j].reshape(-1).to(up.device)
-            where = (lab != IGNORE_LABEL).nonzero().squeeze(1)
-            if per_image != "all" and where.numel() > int(per_image):
-                pick = torch.randperm(where.numel(), generator=gen)[: int(per_image)].to(where.device)
-                where = where[pick]
-            feats.append(up[j].reshape(up.shape[1], -1)[:, where].T)
-            classes.append(lab[where].long())
-    return torch.cat(feats), torch.cat(classes)
+
+def bilinear_taps(pos: torch.Tensor, size: int, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For flat pixel indices `pos` of an S x S crop: the 4 patch indices [P, 4] and weights [P, 4] with
+    which `upsampled_logits` (F.interpolate, bilinear) mixes the patch grid at those pixels."""
+    y0, y1, wy = _axis_taps(size, grid[0])
+    x0, x1, wx = _axis_taps(size, grid[1])
+    py, px = pos // size, pos % size
+    a, b, c, d = y0[py], y1[py], x0[px], x1[px]
+    fy, fx = wy[py], wx[px]
+    idx = torch.stack([a * grid[1] + c, a * grid[1] + d, b * grid[1] + c, b * grid[1] + d], dim=1)
+    w = torch.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], dim=1)
+    return idx, w
+
+
+def pixel_samples(labels: torch.Tensor, per_image: int | str, gen: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image index [P], flat pixel index [P], class [P]) of the labelled crop pixels used for training:
+    `per_image` per image drawn uniformly without replacement (seeded), or every one with "all"."""
+    imgs, poss, ys = [], [], []
+    for i in range(labels.shape[0]):
+        lab = labels[i].reshape(-1)
+        where = (lab != IGNORE_LABEL).nonzero().squeeze(1)
+        if per_image != "all" and where.numel() > int(per_image):
+            where = where[torch.randperm(where.numel(), generator=gen)[: int(per_image)]].sort().values
+        imgs.append(torch.full_like(where, i))
+        poss.append(where)
+        ys.append(lab[where].long())
+    return torch.cat(imgs), torch.cat(poss), torch.cat(ys)
 
 
 def fit_linear_head(tokens: torch.Tensor, labels: torch.Tensor, num_classes: int, grid: tuple[int, int],
                     settings: dict[str, Any], device: torch.device) -> LinearHead:
     """Train the head: AdamW + cosine decay on pixel cross-entropy at crop resolution (label 0 ignored).
 
-    Deterministic for a seed: zero init; pixels and minibatches drawn by a seeded CPU generator.
+    A fixed seeded sample of labelled pixels per image; each step draws `batch_size` of them and
+    bilinearly interpolates their tokens from the 4 nearest patches (gathers, never a full-resolution
+    feature map: ViT-L at 224 px would be 51M floats per image). Deterministic for a seed: zero
+    init; pixels and minibatches drawn by a seeded CPU generator.
     """
     gen = torch.Generator().manual_seed(int(settings["seed"]))
     flat = tokens.reshape(-1, tokens.shape[-1])
     head = LinearHead(flat.mean(0), flat.std(0).clamp(min=1e-6), num_classes).to(device)
-    x, y = pixel_samples(tokens, labels, grid, settings["pixels_per_image"], gen)
+    img, pos, y = pixel_samples(labels.cpu(), settings["pixels_per_image"], gen)
     if not y.numel():
         raise DataError("linear probe: the training subset has no labelled pixels")
-    x, y = x.to(device), y.to(device)
+    taps, weights = bilinear_taps(pos, labels.shape[-1], grid)
+    img, taps, weights, y, tokens = img.to(device), taps.to(device), weights.to(device), y.to(device), tokens.to(device)
     steps, bs = int(settings["steps"]), int(settings["batch_size"])
     opt = torch.optim.AdamW(head.parameters(), lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"]))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     with torch.enable_grad():
         for _ in range(steps):
-            idx = torch.randint(y.numel(), (min(bs, y.numel()),), generator=gen).to(device)
-            loss = F.cross_entropy(head(x[idx]), y[idx])
+            sel = torch.randint(y.numel(), (min(bs, y.numel()),), generator=gen).to(device)
+            # the bilinearly upsampled token at each pixel (weights sum to 1, so head(upsampled token) is
+            # exactly the upsampled patch logits that inference scores)
+            x = (tokens[img[sel, None], taps[sel]] * weights[sel, :, None]).sum(1)
+            loss = F.cross_entropy(head(x), y[sel])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
