@@ -15,13 +15,13 @@ from torchvision.datasets import ImageFolder
 from evalkit.embedded import world
 from evalkit.embedded.grid import RunSpec
 from evalkit.embedded.paths import data_root
-from evalkit.embedded.train import NUM_THREADS, register_config
+from evalkit.embedded.train import FAMILIES, NUM_THREADS, load_model_config, register_config
 
 
 def load_checkpoint_model(spec: RunSpec, epoch: int, home: Path | None = None) -> torch.nn.Module:
-    """`open_clip.create_model` + the training checkpoint with DDP `module.` prefixes stripped."""
+    """The family's builder (open_clip for CLIP) + the training checkpoint with DDP `module.` prefixes stripped."""
     register_config(spec.model)
-    model = open_clip.create_model(spec.model, pretrained=None)
+    model = FAMILIES[spec.family].build(load_model_config(spec.model))
     ckpt = torch.load(spec.checkpoint(epoch, home), map_location="cpu", weights_only=True)
     sd = {k.removeprefix("module."): v for k, v in ckpt["state_dict"].items()}
     model.load_state_dict(sd)
@@ -34,7 +34,7 @@ def zeroshot_accuracy(model: torch.nn.Module, model_name: str, root: Path | None
     torch.set_num_threads(NUM_THREADS)
     register_config(model_name)
     tokenizer = open_clip.get_tokenizer(model_name)
-    size = model.visual.image_size
+    size = load_model_config(model_name)["vision_cfg"]["image_size"]
     preprocess = open_clip.image_transform(size[0] if isinstance(size, tuple) else size, is_train=False)
     ds = ImageFolder(str((root or data_root()) / "imagenet_folder" / "val"), transform=preprocess)
     weights = []
