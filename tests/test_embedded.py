@@ -140,7 +140,7 @@ def test_checkpoint_loads_with_open_clip(embedded_world: Path) -> None:
 def test_model_configs_are_open_clip_format() -> None:
     for model in {s.model for s in GRID}:
         cfg = json.loads(model_config_path(model).read_text())
-        assert re.fullmatch(r"tinyclip-[A-Z]+", model)
+        assert re.fullmatch(r"(tinyclip|mammut_tiny)-[A-Z]+", model)
         assert cfg["text_cfg"]["vocab_size"] == 49408 and cfg["vision_cfg"]["image_size"] == 32
 
 

@@ -375,9 +375,15 @@ def test_embedded_training_hook() -> None:
     assert isinstance(model, MaMMUT)
     text = torch.zeros(4, 32, dtype=torch.long)
     text[:, :4] = torch.tensor([49406, 320, 1929, 49407])
-    loss = fam.loss(model, torch.randn(4, 3, 32, 32), text)
-    # Fresh model: zero LM head, so captioning is uniform over the vocabulary: 2 * ln(49408).
-    assert loss.item() > 2 * torch.log(torch.tensor(49408.0)).item()
+    images = torch.randn(4, 3, 32, 32)
+    loss = fam.loss(model, images, text)
+    # Fresh model: zero LM head, so captioning is uniform over the batch's 5 token ids (sampled softmax).
+    assert loss.item() > 2 * torch.log(torch.tensor(5.0)).item()
+    # with the whole vocabulary as the sample, the sampled softmax is exactly the full CoCa caption loss
+    full = model.coca_losses(images, text)
+    sampled = model.coca_losses(images, text, vocab=torch.arange(49408))
+    assert torch.allclose(full[1], sampled[1], atol=1e-6) and torch.equal(full[0], sampled[0])
+    assert abs(full[1].item() - 2 * torch.log(torch.tensor(49408.0)).item()) < 1e-4
     loss.backward()
     assert model.logit_scale.grad is not None and model.visual.conv1.weight.grad.abs().sum() > 0
 

@@ -54,7 +54,7 @@ GRID: tuple[RunSpec, ...] = (
     RunSpec("tinyclip-M_s4k", "clip", "tinyclip-M", samples_per_epoch=4096, epochs=4, lr=2e-3),
     # MaMMUT beside the CLIPs: contrastive + captioning loss (its 49408-wide LM head makes a step ~5x a
     # tiny CLIP's, so one budget only).
-    RunSpec("mammut-tiny-S_s2k", "mammut", "mammut_tiny-S", samples_per_epoch=2048, epochs=4, lr=5e-3),
+    RunSpec("mammut-tiny-S_s4k", "mammut", "mammut_tiny-S", samples_per_epoch=4096, epochs=4, lr=2e-3),
 )
 
 

@@ -74,9 +74,15 @@ def _build_mammut(cfg: dict) -> torch.nn.Module:
 
 
 def _mammut_loss(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip.CoCaLoss(caption_loss_weight=2, clip_loss_weight=1) (open_clip_train's CoCa defaults),
-    computed by `MaMMUT.coca_losses` on non-pad positions only: same value, a fraction of the cost."""
-    clip_loss, caption_loss = model.coca_losses(images, tokens, caption_loss_weight=2.0, clip_loss_weight=1.0)
+    """Contrastive + captioning, weighted as open_clip_train's CoCa defaults (clip 1, caption 2).
+
+    The captioning softmax runs over the batch's own token ids (a sampled softmax) instead of all 49408:
+    the world's captions use ~100 ids, and the full LM head made a step ~5x a tiny CLIP's. Exact
+    CoCaLoss remains `model.coca_losses(...)` without `vocab`.
+    """
+    vocab = torch.unique(tokens)
+    clip_loss, caption_loss = model.coca_losses(images, tokens, caption_loss_weight=2.0, clip_loss_weight=1.0,
+                                                vocab=vocab)
     return clip_loss + caption_loss
 
 

@@ -279,6 +279,7 @@ class MaMMUT(nn.Module):
         text: torch.Tensor,
         caption_loss_weight: float = 2.0,
         clip_loss_weight: float = 1.0,
+        vocab: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(contrastive, captioning) losses equal to `open_clip.CoCaLoss(...)(**self(image, text))`, cheaper.
 
@@ -297,7 +298,11 @@ class MaMMUT(nn.Module):
         labels = text[:, 1:]
         keep = labels != self.pad_id
         hidden = self.text(text[:, :-1], image_embs=tokens @ self.map_viz2txt_kv)
-        caption = F.cross_entropy(hidden[keep] @ self.text.text_projection, labels[keep])
+        if vocab is None:
+            caption = F.cross_entropy(hidden[keep] @ self.text.text_projection, labels[keep])
+        else:  # sampled softmax over `vocab` (sorted ids holding every label): cheap for tiny models
+            target = torch.searchsorted(vocab, labels[keep])
+            caption = F.cross_entropy(hidden[keep] @ self.text.text_projection[:, vocab], target)
         return clip, caption_loss_weight * caption
 
 
