@@ -123,12 +123,20 @@ def test_truncated_checkpoint_names_the_file(reference, tmp_path):
 
 
 def test_checkpoint_of_another_architecture_names_keys(tmp_path):
-    other = tiny_clip(TINY_M)
+    import json
+
+    deeper = json.loads(TINY_S.read_text())
+    deeper["vision_cfg"]["layers"] = 3
+    (tmp_path / "tinyclip-S3.json").write_text(json.dumps(deeper))
+    other = tiny_clip(tmp_path / "tinyclip-S3.json")
     path = save_training_checkpoint(other, tmp_path / "epoch_1.pt")
     with pytest.raises(CheckpointError) as e:
         load_model(ModelSpec(model="tinyclip-S", pretrained=str(path)))
     msg = str(e.value)
     assert "epoch_1.pt" in msg and "Unexpected keys" in msg and "visual.transformer.resblocks.2" in msg
+    wider = save_training_checkpoint(tiny_clip(TINY_M), tmp_path / "epoch_2.pt")
+    with pytest.raises(CheckpointError, match=r"epoch_2\.pt: shape mismatch .*visual\.conv1\.weight"):
+        load_model(ModelSpec(model="tinyclip-S", pretrained=str(wider)))
 
 
 def test_unknown_model_lists_close_names():
