@@ -46,7 +46,8 @@ def plot_groups(fits: Sequence[GroupFit], path: Path, *, x_axis: str, y_label: s
         grid_in = np.geomspace(lo_x, hi_fit, 200)
         grid_out = np.geomspace(hi_fit, hi_x, 100) if hi_x > hi_fit else np.array([])
         r = g.result
-        label = f"{g.group}: {r.a:.4g} (C + e^{r.ln_b:.3f})^{{{r.c:.4f}}} + {r.d:.4f}"
+        base = f"(C + e^{r.ln_b:.3f})" if r.b > 0 else "C"
+        label = f"{g.group}: {r.a:.4g} {base}^{{{r.c:.4f}}}" + (f" + {r.d:.4f}" if r.d else "")
         ax.plot(grid_in, r.predict(grid_in), color=color, linewidth=1.4, label=label)
         if grid_out.size:
             ax.plot(grid_out, r.predict(grid_out), color=color, linewidth=1.2, linestyle="--")
