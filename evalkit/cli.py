@@ -149,14 +149,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "rm":
         print(f"removed {cache.remove_entries(cache_dir, args.match or '')} entries from {cache_dir}")
         return 0
-    from evalkit.data.open import open_classification
     from evalkit.data.preprocess import PreprocessCfg
     from evalkit.data.roots import resolve_root
+    from evalkit.tasks.base import open_task
     from evalkit.tasks.registry import get_task
 
-    for t in args.tasks.split(","):
+    for t in [t for t in args.tasks.split(",") if t]:
         spec = get_task(t)
-        src = open_classification(resolve_root(spec.dataset, args.data_root), split=spec.split)
+        _, src = open_task(spec, resolve_root(spec.dataset, args.data_root, spec.options.get("default_root")))
         arr = cache.decoded_images(src, PreprocessCfg(size=args.size), cache_dir, progress=True)
         print(f"{t}: {arr.shape[0]} images at {args.size}px cached in {cache_dir}")
     return 0

@@ -214,7 +214,8 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
     precision = opts.precision or default_precision(device.type)
     if opts.progress is None:
         opts.progress = sys.stderr.isatty()
-    ctx = RunContext(device=device, autocast=_autocast(device, precision), text_batch_size=opts.text_batch_size)
+    ctx = RunContext(device=device, autocast=_autocast(device, precision), text_batch_size=opts.text_batch_size,
+                     cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, num_workers=opts.num_workers)
     store = UnitStore(opts.out)
     units = plan(specs, task_specs)
     shard = opts.shard or shard_from_env()

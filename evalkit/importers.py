@@ -14,15 +14,10 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-# The tidy schema (one row per checkpoint x task x metric). evalkit.results will own this list;
-# it is defined here until then so the importer and the fitter agree on it.
-TIDY_COLUMNS: tuple[str, ...] = (
-    "model", "arch", "family", "checkpoint", "epoch", "samples_seen", "pretrain_dataset", "lr_scheduler",
-    "gflops_per_sample", "gflops_total",
-    "task", "task_type", "dataset", "split", "metric", "value", "n_samples",
-    "task_hash", "evalkit_version", "open_clip_version", "torch_version", "device", "precision", "batch_size",
-    "duration_s", "finished_at", "status", "error",
-)
+from evalkit.results import RESULT_COLUMNS
+
+# The tidy schema (one row per checkpoint x task x metric), as evalkit.results defines it.
+TIDY_COLUMNS: tuple[str, ...] = tuple(c for c in RESULT_COLUMNS if c != "unit_id")
 
 _REQUIRED_KEYS = ("dataset", "model", "pretrained", "metrics")
 _EPOCH_RE = re.compile(r"epoch[_-]?(\d+)")

@@ -28,6 +28,8 @@ class RunContext:
     device: torch.device
     autocast: Callable[[], AbstractContextManager]
     text_batch_size: int = 1024
+    cache_dir: Path | None = None  # decode-once cache for images a protocol reads itself (probe training)
+    num_workers: int | None = None
 
 
 @dataclass

@@ -298,11 +298,10 @@ def extract_patch_tokens(lm: LoadedModel, source: ImageSource, ctx: RunContext) 
 
     Images go through the decode-once cache like the engine's, so a grid decodes the subset once.
     """
-    from evalkit.data.cache import decoded_images, default_cache_dir
+    from evalkit.data.cache import decoded_images
     from evalkit.data.preprocess import normalize
 
-    cache_dir = getattr(ctx, "cache_dir", None) or default_cache_dir()
-    pixels = decoded_images(source, lm.preprocess, Path(cache_dir), num_workers=getattr(ctx, "num_workers", None))
+    pixels = decoded_images(source, lm.preprocess, ctx.cache_dir, num_workers=ctx.num_workers)
     out = []
     for start in range(0, len(source), EXTRACT_BATCH):
         batch = torch.from_numpy(np.array(pixels[start:start + EXTRACT_BATCH])).to(ctx.device)
