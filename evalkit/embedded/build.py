@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from evalkit.embedded.grid import GRID, RunSpec
@@ -65,10 +67,25 @@ def _stamp(spec: RunSpec, home: Path, seconds: float) -> None:
     os.replace(tmp, path)
 
 
+_POOLS: dict = {}
+
+
+def _cost(spec: RunSpec) -> float:
+    """Rough relative training cost, to start the longest runs first."""
+    return spec.samples_per_epoch * spec.epochs * (3.0 if spec.family == "mammut" else 1.0)
+
+
+def _train_one(args: tuple[RunSpec, Path]) -> float:
+    from evalkit.embedded.train import pool_key, train_run
+
+    spec, home = args
+    return train_run(spec, home, _POOLS[pool_key(spec.model)])
+
+
 def build(root: Path | None = None, runs: list[str] | None = None, evaluate: bool = False,
           log=print) -> dict:
     """Write data if needed and train missing runs; returns (and writes) `build_info.json`."""
-    from evalkit.embedded.train import TrainPool, pool_key, train_run
+    from evalkit.embedded.train import TrainPool, pool_key
 
     home = Path(root) if root is not None else embedded_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -76,19 +93,30 @@ def build(root: Path | None = None, runs: list[str] | None = None, evaluate: boo
     ensure_data(home)
     info_path = home / "build_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {"runs": {}}
-    pools: dict[tuple[int, int], TrainPool] = {}
+    todo = []
     for spec in GRID:
         if runs and spec.name not in runs:
             continue
         if is_built(spec, home):
             log(f"[embedded] {spec.name}: up to date")
             continue
+        todo.append(spec)
+    for spec in todo:
         key = pool_key(spec.model)
-        if key not in pools:
+        if key not in _POOLS:
             tp = time.perf_counter()
-            pools[key] = TrainPool.build(spec.model)
+            _POOLS[key] = TrainPool.build(spec.model)
             info["pool_seconds"] = round(time.perf_counter() - tp, 2)
-        seconds = train_run(spec, home, pools[key], log=log)
+    # Each run is seeded and single-threaded, so runs train in parallel processes (one per core) with
+    # byte-identical results; the pools are inherited through fork, never pickled.
+    todo.sort(key=_cost, reverse=True)
+    workers = min(len(todo), os.cpu_count() or 1)
+    if workers > 1 and "fork" in mp.get_all_start_methods():
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as ex:
+            done = list(ex.map(_train_one, [(s, home) for s in todo]))
+    else:
+        done = [_train_one((s, home)) for s in todo]
+    for spec, seconds in zip(todo, done):
         _stamp(spec, home, seconds)
         info["runs"][spec.name] = {**info["runs"].get(spec.name, {}), "train_seconds": round(seconds, 2),
                                    "spec": spec.as_dict()}
