@@ -49,11 +49,11 @@ def main() -> int:
     cfg = PreprocessCfg(size=args.size)
     t0 = time.perf_counter()
     first = decoded_images(source, cfg, work / "cache")
-    checksum1 = int(np.asarray(first, dtype=np.uint64).sum())
+    checksum1 = int(np.asarray(first).sum(dtype=np.uint64))
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
     second = decoded_images(source, cfg, work / "cache")
-    checksum2 = int(np.asarray(second, dtype=np.uint64).sum())
+    checksum2 = int(np.asarray(second).sum(dtype=np.uint64))
     warm = time.perf_counter() - t0
     assert checksum1 == checksum2
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
