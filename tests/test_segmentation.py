@@ -242,9 +242,9 @@ def test_maskclip_equals_last_block_with_self_only_attention():
 
 
 def test_mammut_dense_is_ln_post_then_proj():
-    mammut = pytest.importorskip("evalkit.models.mammut")
     import json
 
+    import evalkit.models.mammut as mammut
     from evalkit.tasks.segmentation import DenseProjection
 
     cfg = json.loads((TINY_S.parent / "mammut_tiny-S.json").read_text())

@@ -60,7 +60,7 @@ def test_trained_linear_probe_far_above_random_weights(random_ckpt, tmp_path, ca
 def test_hf_datasets_format_matches_ade_layout(random_ckpt, tmp_path, cache):
     """A save_to_disk DatasetDict (splits train/validation, columns image/annotation) gives identical numbers
     to the ADE layout holding the same images (60 train, 40 validation)."""
-    datasets = pytest.importorskip("datasets")
+    import datasets
     from PIL import Image
 
     feats = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
