@@ -99,6 +99,21 @@ def _pretrained_file(arch: str, pretrained: str | None) -> Path | None:
         ) from None
 
 
+_TOKENIZERS: dict[str, object] = {}
+
+
+def _tokenizer(family, name: str, cfg: dict[str, Any]):
+    """One tokenizer per (family, text config): building one reads the 49k-merge BPE file (~0.1 s),
+    which across a grid of identical architectures would cost more than loading the weights."""
+    import json
+
+    key = json.dumps([family.name, cfg.get("text_cfg", {}), "hf-hub" if name.startswith("hf-hub:") else ""],
+                     sort_keys=True, default=str)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = family.tokenizer(name, cfg)
+    return _TOKENIZERS[key]
+
+
 def load_model(spec: ModelSpec | str, pretrained: str | None = None, device: str | torch.device = "cpu",
                state: dict[str, torch.Tensor] | None = None) -> LoadedModel:
     """Load any supported model source as a `LoadedModel` in eval mode on `device`.
@@ -132,7 +147,7 @@ def load_model(spec: ModelSpec | str, pretrained: str | None = None, device: str
         family=family.name,
         arch=spec.arch or name,
         preprocess=_preprocess(cfg, pp),
-        tokenizer=family.tokenizer(name, cfg),
+        tokenizer=_tokenizer(family, name, cfg),
         context_length=int(cfg.get("text_cfg", {}).get("context_length", 77)),
         text_pooling=pooling,
         model_cfg=cfg,
