@@ -232,6 +232,7 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
     total, finished = len(pending), 0
     groups = list(by_ckpt.values())
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evalkit-prefetch")
+    built: dict = {}  # the last built module, reused for the next checkpoint of the same architecture
     prefetched = _prefetch(reader, groups[0][0].spec) if groups else None
     for gi, ckpt_units in enumerate(groups):
         spec = ckpt_units[0].spec
@@ -239,7 +240,7 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
         current, prefetched = prefetched, (_prefetch(reader, groups[gi + 1][0].spec) if gi + 1 < len(groups) else None)
         try:
             state = current.result() if current is not None else None
-            lm = load_model(spec, device=device, state=state)
+            lm = load_model(spec, device=device, state=state, reuse=built)
             del state
             gflops = _gflops(lm)
             extra = {"gflops_per_sample": gflops,

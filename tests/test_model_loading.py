@@ -146,3 +146,17 @@ def test_unknown_model_lists_close_names():
         resolve_model_arg("ViT-B-23")
     with pytest.raises(ModelNotFound, match="Close names: .*tinyclip-S"):
         resolve_model_arg("tinyclip-Z")
+
+
+def test_reuse_loads_the_next_checkpoint_in_place(tmp_path):
+    """The engine's module reuse gives exactly a fresh load of each checkpoint."""
+    a = save_training_checkpoint(tiny_clip(TINY_S, seed=11), tmp_path / "a" / "epoch_1.pt")
+    b = save_training_checkpoint(tiny_clip(TINY_S, seed=12), tmp_path / "b" / "epoch_1.pt")
+    built: dict = {}
+    first = load_model(ModelSpec(model="tinyclip-S", pretrained=str(a)), reuse=built)
+    second = load_model(ModelSpec(model="tinyclip-S", pretrained=str(b)), reuse=built)
+    assert second.model is first.model and len(built) == 1
+    fresh = load_model(ModelSpec(model="tinyclip-S", pretrained=str(b)))
+    for (k, v), (k2, v2) in zip(second.model.state_dict().items(), fresh.model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert not torch.equal(read_state_dict(a)["visual.conv1.weight"], fresh.model.visual.conv1.weight)

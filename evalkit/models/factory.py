@@ -115,11 +115,13 @@ def _tokenizer(family, name: str, cfg: dict[str, Any]):
 
 
 def load_model(spec: ModelSpec | str, pretrained: str | None = None, device: str | torch.device = "cpu",
-               state: dict[str, torch.Tensor] | None = None) -> LoadedModel:
+               state: dict[str, torch.Tensor] | None = None, reuse: dict | None = None) -> LoadedModel:
     """Load any supported model source as a `LoadedModel` in eval mode on `device`.
 
     `state` is the already-read state dict of the weights file (the engine reads the next checkpoint
-    while the current one computes).
+    while the current one computes). `reuse` (the engine's, one model at a time) keeps the last built
+    module per architecture and loads the next checkpoint of that architecture into it in place,
+    skipping construction and random init; a caller holding the previous LoadedModel must not pass it.
     """
     if isinstance(spec, str):
         spec = ModelSpec(model=spec, pretrained=pretrained)
@@ -133,8 +135,17 @@ def load_model(spec: ModelSpec | str, pretrained: str | None = None, device: str
         if spec.family not in FAMILIES:
             raise ModelNotFound(f"{spec.name}: unknown family '{spec.family}' (known: {', '.join(sorted(FAMILIES))}).")
         family = FAMILIES[spec.family]
-    model = family.build(name, cfg)
-    model.evalkit_arch = name  # type: ignore[attr-defined]
+    import json
+
+    key = json.dumps([family.name, name, cfg, str(device)], sort_keys=True, default=str)
+    if reuse is not None and state is not None and key in reuse:
+        model = reuse[key]
+    else:
+        model = family.build(name, cfg)
+        model.evalkit_arch = name  # type: ignore[attr-defined]
+        if reuse is not None and state is not None:
+            reuse.clear()
+            reuse[key] = model
     if state is not None:
         state = family.prepare_state_dict(model, state)
         load_into(model, state, weights)
