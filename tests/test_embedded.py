@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from evalkit.embedded import world
@@ -29,9 +28,13 @@ def test_regeneration_is_byte_identical(tmp_path: Path) -> None:
     world.write_world(tmp_path)
     fresh = world.file_hashes(tmp_path)
     assert sorted(fresh) == sorted(committed)
-    if {k: v for k, v in world.generator_info().items()} != recorded:
-        pytest.skip(f"encoder/RNG versions differ from the committing ones ({recorded}); bytes may differ")
-    assert fresh == committed
+    # Annotations, captions, class lists and shard counts never depend on the image encoders.
+    encoded = (".jpg", ".jpeg", ".png", ".webp", ".tar")
+    plain = [k for k in committed if not k.lower().endswith(encoded)]
+    assert plain and {k: fresh[k] for k in plain} == {k: committed[k] for k in plain}
+    # Encoded images (and the tars holding them) are pinned only for the recorded libjpeg/zlib/Pillow.
+    if world.generator_info() == recorded:
+        assert fresh == committed
 
 
 def test_render_is_pure() -> None:

@@ -71,31 +71,24 @@ def _compare(ours: tuple[dict, pd.DataFrame], theirs: dict[str, float], trained_
         assert metrics["text_retrieval_recall@10"] > 0.1 and metrics["image_retrieval_recall@10"] > 0.1  # chance: 0.025
 
 
-def test_coco_layout_matches_clip_benchmark(trained, tmp_path):
+# (clip_benchmark dataset, its root, evalkit task, evalkit data root, clip_benchmark batch, evalkit batch sizes)
+LAYOUTS = {
+    "coco": ("mscoco_captions", DATA / "mscoco", "shapes_coco", str(DATA / "mscoco"), 37, {}),
+    "flickr": ("flickr30k", DATA / "flickr30k", "shapes_flickr", str(DATA / "flickr30k"), 50,
+               {"batch_size": 19, "text_batch_size": 64}),
+    "wds": ("wds/wds_shapes_captions", DATA / "wds_shapes_captions", "wds/wds_shapes_captions", str(DATA / "{dataset}"),
+            64, {"batch_size": 23}),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_layout_matches_clip_benchmark(trained, tmp_path, layout):
     ckpt, cfg, model, preprocess, tok = trained
-    ds = build_dataset("mscoco_captions", root=str(DATA / "mscoco"), transform=preprocess, split="test", task="zeroshot_retrieval")
-    theirs = _clip_benchmark(model, tok, ds)
-    ours = _evalkit(ckpt, cfg, "shapes_coco", str(DATA / "mscoco"), tmp_path)
+    cb_name, cb_root, task, root, cb_batch, ours_kw = LAYOUTS[layout]
+    ds = build_dataset(cb_name, root=str(cb_root), transform=preprocess, split="test", task="zeroshot_retrieval")
+    theirs = _clip_benchmark(model, tok, ds, batch_size=cb_batch)
+    ours = _evalkit(ckpt, cfg, task, root, tmp_path, **ours_kw)
     _compare(ours, theirs)
-    print("coco", {k: round(v, 6) for k, v in ours[0].items()})
-
-
-def test_flickr_layout_matches_clip_benchmark(trained, tmp_path):
-    ckpt, cfg, model, preprocess, tok = trained
-    ds = build_dataset("flickr30k", root=str(DATA / "flickr30k"), transform=preprocess, split="test", task="zeroshot_retrieval")
-    theirs = _clip_benchmark(model, tok, ds, batch_size=50)
-    ours = _evalkit(ckpt, cfg, "shapes_flickr", str(DATA / "flickr30k"), tmp_path, batch_size=19, text_batch_size=64)
-    _compare(ours, theirs)
-    print("flickr", {k: round(v, 6) for k, v in ours[0].items()})
-
-
-def test_wds_layout_matches_clip_benchmark(trained, tmp_path):
-    ckpt, cfg, model, preprocess, tok = trained
-    ds = build_dataset("wds/wds_shapes_captions", root=str(DATA / "wds_shapes_captions"), transform=preprocess, split="test", task="zeroshot_retrieval")
-    theirs = _clip_benchmark(model, tok, ds, batch_size=64)
-    ours = _evalkit(ckpt, cfg, "wds/wds_shapes_captions", str(DATA / "{dataset}"), tmp_path, batch_size=23)
-    _compare(ours, theirs)
-    print("wds", {k: round(v, 6) for k, v in ours[0].items()})
 
 
 def test_uneven_and_empty_captions_match_clip_benchmark(trained, tmp_path):
