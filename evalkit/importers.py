@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from evalkit.atomic import atomic_write
 from evalkit.results import RESULT_COLUMNS
 
 # The tidy schema (one row per checkpoint x task x metric), as evalkit.results defines it.
@@ -132,14 +133,7 @@ def import_clip_benchmark(paths: Iterable[str | os.PathLike], out: str | os.Path
 def write_table(df, out: str | os.PathLike) -> None:
     """Write Parquet (.parquet) or CSV atomically: a temp file in the same folder, then os.replace."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        if out.suffix in (".parquet", ".pq"):
-            df.to_parquet(tmp, index=False)
-        else:
-            df.to_csv(tmp, index=False)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    if out.suffix in (".parquet", ".pq"):
+        atomic_write(out, lambda p: df.to_parquet(p, index=False))
+    else:
+        atomic_write(out, lambda p: df.to_csv(p, index=False))

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from evalkit.atomic import atomic_write, atomic_write_bytes
 
 RESULT_COLUMNS = [
     "model", "arch", "family", "checkpoint", "epoch", "samples_seen", "pretrain_dataset", "lr_scheduler",
@@ -28,16 +29,6 @@ RESULT_COLUMNS = [
 def unit_id(model_key: str, task_name: str, task_hash: str) -> str:
     """Identity of a unit: the same checkpoint, task and task config give the same id."""
     return hashlib.sha1(f"{model_key}\0{task_name}\0{task_hash}".encode()).hexdigest()[:20]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _clean(v: Any) -> Any:
@@ -74,15 +65,10 @@ class UnitStore:
 
     def write(self, uid: str, rows: list[dict[str, Any]], status: str, error: str = "") -> None:
         payload = {"unit_id": uid, "status": status, "error": error, "rows": [{k: _clean(v) for k, v in r.items()} for r in rows]}
-        atomic_write_bytes(self.path(uid), json.dumps(payload, indent=1, default=str).encode())
+        atomic_write_bytes(self.path(uid), json.dumps(payload, indent=1, default=str).encode(), fsync=True)
 
     def write_samples(self, uid: str, frame: Any) -> Path:
-        path = self.samples / f"{uid}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(self.samples / f"{uid}.parquet", lambda p: frame.to_parquet(p, index=False))
 
     def rows(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -110,13 +96,8 @@ def collect(out: str | Path):
     """Merge unit files into `<out>/results.parquet` and `<out>/results.csv` (atomically); return the table."""
     store = UnitStore(out)
     frame = to_frame(store.rows())
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, writer in (("results.parquet", lambda p: frame.to_parquet(p, index=False)),
-                         ("results.csv", lambda p: frame.to_csv(p, index=False))):
-        tmp = out / f".{name}.{os.getpid()}.tmp"
-        writer(tmp)
-        os.replace(tmp, out / name)
+    atomic_write(Path(out) / "results.parquet", lambda p: frame.to_parquet(p, index=False))
+    atomic_write(Path(out) / "results.csv", lambda p: frame.to_csv(p, index=False))
     return frame
 
 

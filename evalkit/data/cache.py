@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from evalkit.atomic import atomic_write, atomic_write_text
 from evalkit.data.preprocess import PreprocessCfg, pixel_transform
 from evalkit.data.sources import DataError, ImageSource
 
@@ -100,23 +101,17 @@ def decoded_images(
         arr = np.load(final, mmap_mode="r")
         if arr.shape == shape:
             return arr
-    entry.mkdir(parents=True, exist_ok=True)
-    tmp = entry / f"pixels.{os.getpid()}.tmp.npy"
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    try:
-        t0 = time.time()
+    def fill(tmp: Path) -> None:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         decode_all(source, cfg, arr, num_workers, progress)
         arr.flush()
         del arr
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    t0 = time.time()
+    atomic_write(final, fill)
     meta = {"source": source.name, "n": len(source), "pixel_key": cfg.pixel_key, "fingerprint": source.fingerprint,
             "build_s": round(time.time() - t0, 3), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp_meta = entry / f"meta.{os.getpid()}.tmp"
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_meta, entry / "meta.json")
+    atomic_write_text(entry / "meta.json", json.dumps(meta, indent=1))
     return np.load(final, mmap_mode="r")
 
 

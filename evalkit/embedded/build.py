@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from evalkit.atomic import atomic_write_text
 from evalkit.embedded.grid import GRID, RunSpec
 from evalkit.embedded.paths import data_root, embedded_home
 
@@ -61,10 +62,8 @@ def is_built(spec: RunSpec, home: Path) -> bool:
 
 
 def _stamp(spec: RunSpec, home: Path, seconds: float) -> None:
-    path = spec.run_dir(home) / STAMP
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"fingerprint": fingerprint(spec), "train_seconds": round(seconds, 2)}) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(spec.run_dir(home) / STAMP,
+                      json.dumps({"fingerprint": fingerprint(spec), "train_seconds": round(seconds, 2)}) + "\n")
 
 
 _POOLS: dict = {}
@@ -131,9 +130,7 @@ def build(root: Path | None = None, runs: list[str] | None = None, evaluate: boo
             info["runs"].setdefault(spec.name, {})["zeroshot_top1"] = accs
             log(f"[embedded] {spec.name} zero-shot top-1 by epoch: {accs}")
     info["total_seconds_last_build"] = round(time.perf_counter() - t0, 2)
-    tmp = info_path.with_name(f".{info_path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, info_path)
+    atomic_write_text(info_path, json.dumps(info, indent=1, sort_keys=True) + "\n")
     return info
 
 

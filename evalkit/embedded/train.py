@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import open_clip
 import torch
 from open_clip_train.scheduler import cosine_lr
 
+from evalkit.atomic import atomic_write, atomic_write_text
 from evalkit.embedded import world
 from evalkit.embedded.grid import RunSpec, model_config_path
 
@@ -156,17 +156,11 @@ def params_txt(spec: RunSpec, home: Path) -> str:
 
 
 def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: torch.save(obj, p))
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def train_run(spec: RunSpec, home: Path, pool: TrainPool, log: Callable[[str], None] = print) -> float:

@@ -15,7 +15,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from evalkit.atomic import atomic_write_bytes
 
 WORLD_VERSION = 1
 SS = 4  # supersampling factor for anti-aliased shape coverage
@@ -299,11 +300,7 @@ def encode_png(arr: np.ndarray) -> bytes:
 
 def _write(path: Path, data: bytes | str) -> None:
     """Atomic write: a crashed generator never leaves a truncated file that looks valid."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(raw)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def _tar(members: list[tuple[str, bytes]]) -> bytes:

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temp file in the same folder, then os.replace, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+from evalkit.atomic import atomic_write
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> Path:

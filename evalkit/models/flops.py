@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from evalkit.atomic import atomic_write_text
 from evalkit.models.family import LoadedModel
 
 
@@ -52,8 +53,5 @@ def gflops_per_sample(lm: LoadedModel) -> float:
         return float(cache[key]["gflops"])
     value = count_gflops(lm.model, lm.preprocess.size, lm.context_length, lm.family)
     cache[key] = {"arch": lm.arch, "gflops": value}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cache, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(cache, indent=1))
     return value
