@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import evalkit
-from evalkit.data.cache import decoded_images, default_cache_dir
+from evalkit.data.cache import decoded_images, default_cache_dir, host_batches
 from evalkit.data.preprocess import normalize
 from evalkit.data.roots import resolve_root
 from evalkit.data.sources import DataError, ImageSource
@@ -31,6 +30,7 @@ from evalkit.models.factory import load_model
 from evalkit.models.family import LoadedModel
 from evalkit.models.flops import gflops_per_sample
 from evalkit.models.spec import ModelSpec
+from evalkit.progress import Progress
 from evalkit.results import UnitStore, collect, now, unit_id
 from evalkit.tasks.base import PROTOCOLS, RunContext, TaskRunner, open_task
 from evalkit.tasks.registry import get_task
@@ -144,14 +144,12 @@ def _run_dataset(lm: LoadedModel, source: ImageSource, runners: list[TaskRunner]
     pixels = decoded_images(source, lm.preprocess, Path(opts.cache_dir) if opts.cache_dir else None,
                             num_workers=opts.num_workers, progress=bool(opts.progress))
     needs = {r.needs for r in runners}
-    pin = ctx.device.type == "cuda"
-    for start in range(0, len(source), opts.batch_size):
-        stop = min(start + opts.batch_size, len(source))
-        batch = torch.from_numpy(np.array(pixels[start:stop]))
-        if pin:
-            batch = batch.pin_memory()
+    cuda = ctx.device.type == "cuda"
+    for start, stop, batch in host_batches(pixels, opts.batch_size, pin=cuda, workers=2 if cuda else 1):
         images = normalize(batch.to(ctx.device, non_blocking=True), lm.preprocess)
-        index = torch.arange(start, stop)
+        index = torch.arange(start, stop)  # pinned on CUDA, so runners' copies to the device stay async
+        if cuda:
+            index = index.pin_memory()
         outputs: dict[str, torch.Tensor] = {}
         with ctx.autocast():
             if "image_features" in needs:
@@ -184,10 +182,6 @@ def _rows(unit: Unit, lm: LoadedModel | None, result: Any, status: str, error: s
     if result is None:
         return [{**base, "metric": task.main_metric or "error", "value": None, "n_samples": 0}]
     return [{**base, "metric": m, "value": v, "n_samples": result.n_samples} for m, v in result.metrics.items()]
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def evaluate(models: list[ModelSpec | str] | ModelSpec | str, tasks: list[str] | str, **kwargs: Any):
@@ -229,7 +223,7 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
     by_ckpt: dict[str, list[Unit]] = {}
     for u in pending:
         by_ckpt.setdefault(u.spec.key, []).append(u)
-    total, finished = len(pending), 0
+    progress = Progress(len(pending), bar=bool(opts.progress))
     groups = list(by_ckpt.values())
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evalkit-prefetch")
     built: dict = {}  # the last built module, reused for the next checkpoint of the same architecture
@@ -250,8 +244,7 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
             for u in ckpt_units:
                 store.write(u.uid, _rows(u, None, None, "failed", err, common, time.time() - t0), "failed", err)
                 counts["failed"] += 1
-                finished += 1
-                _say(f"[{finished}/{total}] {spec.name} x {u.task.name}: FAILED ({err})")
+                progress.unit(f"{spec.name} x {u.task.name}: FAILED ({err})")
             continue
         load_s = time.time() - t0
         by_source: dict[str, list[tuple[Unit, TaskData]]] = {}
@@ -271,18 +264,14 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
                     runner.prepare(lm, ctx)
                     live.append((u, td, runner))
                 except Exception as e:
-                    _fail(store, u, lm, e, common, time.time() - t1, counts)
-                    finished += 1
-                    _say(f"[{finished}/{total}] {spec.name} x {u.task.name}: FAILED ({type(e).__name__}: {e})")
+                    _fail(store, u, lm, e, common, time.time() - t1, counts, progress)
             if not live:
                 continue
             try:
                 _run_dataset(lm, live[0][1].source, [r for _, _, r in live], ctx, opts)
             except Exception as e:
                 for u, _, _ in live:
-                    _fail(store, u, lm, e, common, time.time() - t1, counts)
-                    finished += 1
-                    _say(f"[{finished}/{total}] {spec.name} x {u.task.name}: FAILED ({type(e).__name__}: {e})")
+                    _fail(store, u, lm, e, common, time.time() - t1, counts, progress)
                 continue
             share = (time.time() - t1) / len(live) + load_s / len(ckpt_units)
             for u, td, runner in live:
@@ -293,14 +282,13 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
                     unit = Unit(u.spec, td.spec, u.uid)
                     store.write(u.uid, _rows(unit, lm, result, "ok", "", {**common, **extra}, share), "ok")
                     counts["ok"] += 1
-                    finished += 1
                     main = td.spec.main_metric or next(iter(result.metrics))
-                    _say(f"[{finished}/{total}] {spec.name} x {u.task.name}: {main}={result.metrics.get(main, float('nan')):.4f}")
+                    progress.unit(f"{spec.name} x {u.task.name}: {main}={result.metrics.get(main, float('nan')):.4f}")
                 except Exception as e:
-                    _fail(store, u, lm, e, common, share, counts)
-                    finished += 1
+                    _fail(store, u, lm, e, common, share, counts, progress)
         del lm
     reader.shutdown(wait=True)
+    progress.close()
     return counts
 
 
@@ -319,9 +307,10 @@ def _gflops(lm: LoadedModel) -> float | None:
 
 
 def _fail(store: UnitStore, u: Unit, lm: LoadedModel | None, e: Exception, common: dict[str, Any], dt: float,
-          counts: dict[str, int]) -> None:
+          counts: dict[str, int], progress: Progress) -> None:
     err = f"{type(e).__name__}: {e}"
     if os.environ.get("EVALKIT_DEBUG"):
         traceback.print_exc()
     store.write(u.uid, _rows(u, lm, None, "failed", err, common, dt), "failed", err)
     counts["failed"] += 1
+    progress.unit(f"{u.spec.name} x {u.task.name}: FAILED ({err})")

@@ -14,6 +14,9 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +116,33 @@ def decoded_images(
             "build_s": round(time.time() - t0, 3), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_text(entry / "meta.json", json.dumps(meta, indent=1))
     return np.load(final, mmap_mode="r")
+
+
+def host_batches(pixels: np.ndarray, batch_size: int, pin: bool = False, workers: int = 1,
+                 depth: int = 3) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(start, stop, uint8 batch) over `pixels` in order, read ahead by background threads.
+
+    Copying out of the memory-mapped cache (straight into pinned memory when `pin`) releases the
+    GIL, so the next batches are read while the device computes this one; with `pin`, the caller's
+    `.to(device, non_blocking=True)` is a true async copy.
+    """
+    def read(start: int) -> tuple[int, int, torch.Tensor]:
+        stop = min(start + batch_size, len(pixels))
+        if pin:
+            out = torch.empty((stop - start, *pixels.shape[1:]), dtype=torch.uint8, pin_memory=True)
+            out.numpy()[:] = pixels[start:stop]
+        else:
+            out = torch.from_numpy(np.array(pixels[start:stop]))
+        return start, stop, out
+
+    starts = list(range(0, len(pixels), batch_size))
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="evalkit-pixels") as pool:
+        ahead = deque(pool.submit(read, s) for s in starts[:depth])
+        for i in range(len(starts)):
+            item = ahead.popleft().result()
+            if i + depth < len(starts):
+                ahead.append(pool.submit(read, starts[i + depth]))
+            yield item
 
 
 def list_entries(cache_dir: Path | None = None) -> list[dict]:

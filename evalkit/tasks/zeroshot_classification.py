@@ -62,13 +62,14 @@ class ZeroShotClassification(TaskRunner):
                 f"but the task has {len(self.spec.classnames)} classnames"
             )
         self.classifier = build_classifier(lm, list(self.spec.classnames), list(self.spec.templates), ctx)
-        self.logits = torch.empty(len(self.source), len(self.spec.classnames), dtype=torch.float32)
+        # on the device until `result`: a per-batch copy to the host would stall the GPU every batch
+        self.logits = torch.empty(len(self.source), len(self.spec.classnames), dtype=torch.float32, device=ctx.device)
 
     def update(self, index: torch.Tensor, features: torch.Tensor) -> None:
-        logits = 100.0 * features.float() @ self.classifier
-        self.logits[index] = logits.cpu()
+        self.logits[index.to(self.logits.device, non_blocking=True)] = 100.0 * features.float() @ self.classifier
 
     def result(self, log_samples: bool = False) -> TaskResult:
+        self.logits = self.logits.cpu()
         target = torch.as_tensor(np.asarray(self.source.targets), dtype=torch.long)
         metrics = classification_metrics(self.logits, target)
         samples = None

@@ -145,7 +145,7 @@ class ZeroShotRetrieval(TaskRunner):
         if self.image_features is None:
             self.image_features = torch.empty(len(self.source), features.shape[1], dtype=torch.float32,
                                               device=features.device)
-        self.image_features[index.to(features.device)] = features.float()
+        self.image_features[index.to(features.device, non_blocking=True)] = features.float()
         self.seen[index] = True
 
     def result(self, log_samples: bool = False) -> TaskResult:
