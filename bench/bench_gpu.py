@@ -9,6 +9,8 @@ On CPU it runs as a smoke check (`--n 256 --archs tinyclip-S --device cpu --prec
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -69,7 +71,8 @@ def main() -> int:
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 cuda = device.type == "cuda"
-                for _, _, b in host_batches(pixels, args.batch_size, pin=cuda, workers=2 if cuda else 1):
+                readers = min(4, os.cpu_count() or 1) if cuda else 1  # as the engine reads
+                for _, _, b in host_batches(pixels, args.batch_size, pin=cuda, workers=readers, depth=readers + 2):
                     with autocast():
                         lm.encode_image(normalize(b.to(device, non_blocking=True), lm.preprocess))
                 if device.type == "cuda":
@@ -77,12 +80,14 @@ def main() -> int:
                 dt = time.perf_counter() - t0
             floor = gflops * args.n / (PEAK_TFLOPS * 1e3)
             mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-            rows.append((arch, gflops, args.n / dt, dt, floor, dt / floor, mem))
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+            rows.append((arch, gflops, args.n / dt, dt, floor, dt / floor, mem, rss))
             del lm, pixels
     body = (f"{args.n} synthetic images at each model's resolution, from a memory-mapped uint8 cache, batch {args.batch_size}, "
-            f"{precision} on {args.device}.\n\n| arch | image GFLOPs | images/s | s per pass | floor (s) | x floor | peak GPU GiB |\n"
-            "|---|---|---|---|---|---|---|\n"
-            + "".join(f"| {a} | {g:.2f} | {ips:.0f} | {dt:.2f} | {fl:.3f} | {r:.1f} | {m:.1f} |\n" for a, g, ips, dt, fl, r, m in rows))
+            f"{precision} on {args.device}.\n\n| arch | image GFLOPs | images/s | s per pass | floor (s) | x floor | peak GPU GiB | peak RSS MiB (so far) |\n"
+            "|---|---|---|---|---|---|---|---|\n"
+            + "".join(f"| {a} | {g:.2f} | {ips:.0f} | {dt:.2f} | {fl:.3f} | {r:.1f} | {m:.1f} | {rs:.0f} |\n"
+                    for a, g, ips, dt, fl, r, m, rs in rows))
     print(body)
     if not args.no_write:
         write_section("gpu", "Image tower throughput vs compute floor", body, "python " + " ".join(sys.argv))

@@ -3,7 +3,6 @@ task files validated, and the dense (MaskCLIP) projection against an independent
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import shutil
@@ -17,7 +16,7 @@ from PIL import Image
 
 from evalkit.data.preprocess import PreprocessCfg, pixel_transform
 from evalkit.data.segmentation import IGNORE_LABEL, label_transform, load_label_maps, open_segmentation
-from evalkit.data.sources import DataError
+from evalkit.data.sources import DataError, ImageSource
 from evalkit.tasks.registry import get_task
 from evalkit.tasks.seg_metrics import SegmentationMeter
 from evalkit.tasks.spec import TaskError
@@ -217,16 +216,11 @@ def _loaded(model: torch.nn.Module, family: str):
 
 def test_maskclip_equals_last_block_with_self_only_attention():
     """Reference: open_clip's own last block run with a diagonal attention mask (each token sees itself)."""
-    from evalkit.tasks.segmentation import DenseProjection
-
     model = tiny_clip(TINY_S, seed=3)
     lm = _loaded(model, "clip")
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    dense = DenseProjection(lm, contextlib.nullcontext)
     with torch.no_grad():
-        tokens = lm.image_patch_tokens(images)  # the engine's readout; the hook captures the block input
-        ours = dense(tokens)
-        dense.close()
+        ours = lm.image_dense_features(images)
         v = model.visual
         x = v._embeds(images)  # conv, class token, positions, ln_pre
         for blk in v.transformer.resblocks[:-1]:
@@ -235,25 +229,25 @@ def test_maskclip_equals_last_block_with_self_only_attention():
         diag = torch.full((n, n), float("-inf"))
         diag.fill_diagonal_(0.0)
         x = v.transformer.resblocks[-1](x, attn_mask=diag)
-        ref = v.ln_post(x[:, -tokens.shape[1]:]) @ v.proj
+        ref = v.ln_post(x[:, 1:]) @ v.proj
+        plain = v.ln_post(lm.image_patch_tokens(images)) @ v.proj  # the same tokens without MaskCLIP
     assert ours.shape == (3, 16, model.visual.proj.shape[1])
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
-    assert not dense._hook and not v.transformer.resblocks[-1]._forward_pre_hooks  # close() removes the hook
+    assert not torch.allclose(ours, plain, atol=1e-3)  # the self-only attention changes the features
+    assert not v.transformer.resblocks[-1]._forward_pre_hooks  # the hook lives for one call only
 
 
 def test_mammut_dense_is_ln_post_then_proj():
     import json
 
     import evalkit.models.mammut as mammut
-    from evalkit.tasks.segmentation import DenseProjection
 
     cfg = json.loads((TINY_S.parent / "mammut_tiny-S.json").read_text())
     torch.manual_seed(0)
     lm = _loaded(mammut.MaMMUT(cfg), "mammut")
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        tokens = lm.image_patch_tokens(images)
-        ours = DenseProjection(lm, contextlib.nullcontext)(tokens)
+        ours = lm.image_dense_features(images)
         v = lm.model.visual
         ref = v.ln_post(v.tokens(images)[:, 1:]) @ v.proj
         # the pooled embedding is ln_post of the mean over all tokens: the dense path is its per-token version
@@ -294,3 +288,17 @@ def test_bilinear_taps_equal_upsampled_logits(size, grid):
     idx, w = bilinear_taps(pos, size, grid)
     ours = (logits[:, idx] * w[None, :, :, None]).sum(2)  # [2, S*S, 5]
     torch.testing.assert_close(ours, up.flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_protocol_chosen_on_the_command_line():
+    from evalkit.tasks.segmentation import Segmentation
+
+    base, zs = get_task("ade20k"), get_task("ade20k@zero-shot")
+    assert (base.options["protocol"], zs.options["protocol"], zs.name) == ("linear", "zero-shot", "ade20k@zero-shot")
+    assert zs.hash != base.hash and zs.dataset == base.dataset and zs.classnames == base.classnames
+    source = object.__new__(ImageSource)
+    assert Segmentation(zs, source).needs == "dense_features" and Segmentation(base, source).needs == "patch_tokens"
+    with pytest.raises(TaskError, match="protocol must be one of .*'zero-shot'.* not 'zeroshot'"):
+        Segmentation(get_task("ade20k@zeroshot"), source)
+    with pytest.raises(TaskError, match="shapes .*declares no `protocol:`"):
+        get_task("shapes@zero-shot")

@@ -118,3 +118,42 @@ class CLIPFamily(ModelFamily):
         """Final-block patch tokens (no CLS, no ln_post) from open_clip's `forward_intermediates`."""
         out = model.visual.forward_intermediates(images, indices=1, output_fmt="NLC", intermediates_only=True)
         return out["image_intermediates"][-1]
+
+    @classmethod
+    def image_dense_features(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """MaskCLIP (Zhou et al. 2022): the last block with each token attending only to itself, then
+        `ln_post` and `proj`, so every patch lands in the joint space the CLS token is pooled into.
+
+        With self-only attention a token's attention output is `out_proj(v)` of its own value; the
+        block's residuals, layer scales and MLP are kept. The last block's input is taken from the
+        tower's own forward pass (a hook for this call only), so any depth and embedding work.
+        """
+        import torch.nn.functional as F
+
+        v = model.visual
+        for attr in ("ln_post", "proj", "transformer"):
+            if not hasattr(v, attr):
+                raise NotImplementedError(f"{type(v).__name__}: image tower has no {attr}; no MaskCLIP dense path")
+        if getattr(v, "attn_pool", None) is not None:
+            raise NotImplementedError("attentional pooling has no MaskCLIP dense path")
+        blk = v.transformer.resblocks[-1]
+        if not isinstance(getattr(blk, "attn", None), torch.nn.MultiheadAttention) or not hasattr(blk, "mlp"):
+            raise NotImplementedError(f"last vision block {type(blk).__name__} is not open_clip's "
+                                      "ResidualAttentionBlock; no MaskCLIP path for it")
+        seen: list[torch.Tensor] = []
+        hook = blk.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        try:
+            tokens = cls.image_patch_tokens(model, images)
+        finally:
+            hook.remove()
+        x = seen[-1] if getattr(v.transformer, "batch_first", True) else seen[-1].transpose(0, 1)
+        x = x[:, -tokens.shape[1]:]  # patches only: with self-only attention no token reads another
+        d = x.shape[-1]
+        w = blk.attn.in_proj_weight[2 * d:] if blk.attn.in_proj_weight is not None else blk.attn.v_proj_weight
+        b = blk.attn.in_proj_bias[2 * d:] if blk.attn.in_proj_bias is not None else None
+        a = blk.attn.out_proj(F.linear(blk.ln_1(x), w, b))
+        x = x + (blk.ls_1(a) if hasattr(blk, "ls_1") else a)
+        m = blk.mlp(blk.ln_2(x))
+        x = x + (blk.ls_2(m) if hasattr(blk, "ls_2") else m)
+        x = v.ln_post(x)
+        return x @ v.proj if v.proj is not None else x

@@ -51,6 +51,10 @@ class LoadedModel:
         """Patch tokens [B, N, D] of the image tower (for segmentation probes)."""
         return FAMILIES[self.family].image_patch_tokens(self.model, images)
 
+    def image_dense_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-patch features [B, N, E] in the joint image-text space, unnormalised (zero-shot segmentation)."""
+        return FAMILIES[self.family].image_dense_features(self.model, images)
+
 
 class ModelFamily:
     """One family of architectures. Subclasses override the classmethods."""
@@ -91,6 +95,10 @@ class ModelFamily:
     @classmethod
     def image_patch_tokens(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"family {cls.name} has no patch-token readout yet")
+
+    @classmethod
+    def image_dense_features(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"family {cls.name}: no dense projection into the joint space (zero-shot segmentation)")
 
 
 def register_family(cls: type[ModelFamily]) -> type[ModelFamily]:

@@ -386,3 +386,10 @@ class MaMMUTFamily(ModelFamily):
     def image_patch_tokens(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens [B, N, width] without CLS, before `ln_post` (what the captioning decoder reads)."""
         return model.image_tokens(images)[:, 1:]
+
+    @classmethod
+    def image_dense_features(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """`ln_post(token) @ proj` per patch: with avg_all pooling the image embedding is this map applied
+        to the mean token, so each patch lands in the joint space the same way."""
+        v = model.visual
+        return v.ln_post(model.image_tokens(images)[:, 1:]) @ v.proj

@@ -43,7 +43,7 @@ class TaskResult:
 class TaskRunner:
     """One task on one checkpoint. `needs` says which image readout the engine must compute."""
 
-    needs: ClassVar[str] = "image_features"  # or "patch_tokens"
+    needs: str = "image_features"  # or "patch_tokens", "dense_features"; a runner may set it per instance
 
     default_metrics: ClassVar[list[str]] = []
     default_main_metric: ClassVar[str] = ""

@@ -54,8 +54,18 @@ def wds_task(name: str) -> TaskSpec:
 
 
 def get_task(name: str) -> TaskSpec:
+    """A registered task, `wds/NAME`, or `NAME@PROTOCOL` (a task file's `protocol:` chosen on the
+    command line, e.g. `ade20k@zero-shot`; the name and hash say which one ran)."""
     if name.startswith("wds/"):
         return wds_task(name)
+    if "@" in name:
+        from dataclasses import replace
+
+        base, protocol = name.split("@", 1)
+        spec = get_task(base)
+        if "protocol" not in spec.options:
+            raise TaskError(f"task {base} ({spec.source}) declares no `protocol:` to choose; use plain '{base}'.")
+        return replace(spec, name=name, options={**spec.options, "protocol": protocol})
     tasks = all_tasks()
     if name in tasks:
         return tasks[name]

@@ -44,84 +44,6 @@ EXTRACT_BATCH = 64  # train images per forward pass in the linear probe (does no
 
 
 # ------------------------------------------------------------------------------------------------
-# Dense projection into the joint space, per family.
-# NOTE: this is a models-layer concern (a `LoadedModel.image_dense_features` family method); it
-# lives here until the models layer provides it. It dispatches on `lm.family` and on open_clip's
-# module structure (`visual.transformer.resblocks[-1]`, `visual.ln_post`, `visual.proj`).
-# ------------------------------------------------------------------------------------------------
-
-
-class DenseProjection:
-    """Maps the engine's final-block patch tokens [B, N, D] to joint-space features [B, N, E]."""
-
-    def __init__(self, lm: LoadedModel, autocast: Any) -> None:
-        self.visual = lm.model.visual
-        self.autocast = autocast
-        self.family = lm.family
-        self._hook = None
-        self._x: torch.Tensor | None = None
-        for attr in ("ln_post", "proj"):
-            if not hasattr(self.visual, attr):
-                raise NotImplementedError(f"{lm.arch}: image tower has no {attr}; no dense projection for it")
-        if getattr(self.visual, "attn_pool", None) is not None:
-            raise NotImplementedError(f"{lm.arch}: attentional pooling has no MaskCLIP dense path")
-        if lm.family == "mammut":
-            return  # avg_all pooling: pooled = ln_post(mean(tokens)) @ proj, so a token maps as ln_post(t) @ proj
-        if lm.family != "clip":
-            raise NotImplementedError(f"family {lm.family}: no dense projection (zero-shot segmentation)")
-        block = self.visual.transformer.resblocks[-1]
-        attn = getattr(block, "attn", None)
-        if not isinstance(attn, torch.nn.MultiheadAttention) or not hasattr(block, "mlp"):
-            raise NotImplementedError(f"{lm.arch}: last vision block {type(block).__name__} is not open_clip's "
-                                      "ResidualAttentionBlock; no MaskCLIP path for it")
-        self.block = block
-        self.batch_first = bool(getattr(self.visual.transformer, "batch_first", True))
-        # The engine computes the tokens; the hook keeps the last block's input from that same forward
-        # pass, so the MaskCLIP path costs one extra block, not a second pass through the tower.
-        self._hook = block.register_forward_pre_hook(self._grab)
-
-    def _grab(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        self._x = args[0]
-
-    def close(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-        self._x = None
-
-    @torch.no_grad()
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        with self.autocast():
-            x = tokens if self.family == "mammut" else self._maskclip(tokens)
-            x = self.visual.ln_post(x)
-            if self.visual.proj is not None:
-                x = x @ self.visual.proj
-        return x.float()
-
-    def _maskclip(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The last block with attention restricted to each token itself (MaskCLIP, Zhou et al. 2022).
-
-        q-k attention is dropped: a token's attention output is `out_proj(v)` of its own value; the
-        block's residuals, layer scales and MLP are kept, as in MaskCLIP's ViT backbone.
-        """
-        x, self._x = self._x, None
-        if x is None:
-            raise RuntimeError("MaskCLIP: the last block's input was not captured for this batch")
-        if not self.batch_first:
-            x = x.transpose(0, 1)
-        if x.shape[0] != tokens.shape[0]:
-            raise RuntimeError(f"MaskCLIP: captured batch {x.shape[0]} != token batch {tokens.shape[0]}")
-        blk, d = self.block, x.shape[-1]
-        w = blk.attn.in_proj_weight[2 * d:] if blk.attn.in_proj_weight is not None else blk.attn.v_proj_weight
-        b = blk.attn.in_proj_bias[2 * d:] if blk.attn.in_proj_bias is not None else None
-        v = blk.attn.out_proj(F.linear(blk.ln_1(x), w, b))
-        x = x + (blk.ls_1(v) if hasattr(blk, "ls_1") else v)
-        m = blk.mlp(blk.ln_2(x))
-        x = x + (blk.ls_2(m) if hasattr(blk, "ls_2") else m)
-        return x[:, -tokens.shape[1]:]
-
-
-# ------------------------------------------------------------------------------------------------
 # The task
 # ------------------------------------------------------------------------------------------------
 
@@ -202,7 +124,6 @@ def upsampled_logits(logits: torch.Tensor, grid: tuple[int, int], size: int) -> 
 class Segmentation(TaskRunner):
     """Either protocol; the shared part is geometry, upsampling and the metric."""
 
-    needs = "patch_tokens"
     default_metrics: ClassVar[list[str]] = ["miou", "pixel_acc"]
     default_main_metric = "miou"
 
@@ -210,6 +131,9 @@ class Segmentation(TaskRunner):
         super().__init__(spec, source)
         self.protocol, self.settings = protocol_options(spec)
         self.num_classes = num_classes_of(spec)
+        # zero-shot reads patches already in the joint space (the family's dense projection); the
+        # linear probe reads raw final-block patch tokens
+        self.needs = "dense_features" if self.protocol == "zero-shot" else "patch_tokens"
 
     @classmethod
     def open_source(cls, root: Path | str, spec: TaskSpec) -> ImageSource:
@@ -228,7 +152,6 @@ class Segmentation(TaskRunner):
         self.size = lm.preprocess.size
         self.labels = load_label_maps(self.source, lm.preprocess, self.num_classes)
         self.meter = SegmentationMeter(self.num_classes)
-        self.dense: DenseProjection | None = None
         if self.protocol == "zero-shot":
             self._prepare_zero_shot(lm, ctx)
         else:
@@ -240,7 +163,11 @@ class Segmentation(TaskRunner):
         if not self.spec.classnames or not self.spec.templates:
             raise ValueError(f"task {self.spec.name}: zero-shot segmentation needs classnames and templates")
         self.classifier = build_classifier(lm, list(self.spec.classnames), list(self.spec.templates), ctx)
-        self.dense = DenseProjection(lm, ctx.autocast)
+        # one blank image through the dense path: a tower without one fails this unit here, not the
+        # image pass it would share with other tasks
+        blank = torch.zeros(1, 3, lm.preprocess.size, lm.preprocess.size, device=ctx.device)
+        with torch.no_grad(), ctx.autocast():
+            lm.image_dense_features(blank)
 
     def _prepare_linear(self, lm: LoadedModel, ctx: RunContext) -> None:
         s = self.settings
@@ -256,9 +183,8 @@ class Segmentation(TaskRunner):
 
     @torch.no_grad()
     def update(self, index: torch.Tensor, features: torch.Tensor) -> None:
-        if self.dense is not None:
-            feats = F.normalize(self.dense(features), dim=-1)
-            logits = feats @ self.classifier
+        if self.protocol == "zero-shot":
+            logits = F.normalize(features.float(), dim=-1) @ self.classifier
         else:
             logits = self.head(features.float())
         grid = patch_grid(self.lm, logits.shape[1])
@@ -269,8 +195,6 @@ class Segmentation(TaskRunner):
             self.meter.update(pred, target[sl].to(pred.device))
 
     def result(self, log_samples: bool = False) -> TaskResult:
-        if self.dense is not None:
-            self.dense.close()
         metrics = self.meter.compute()
         iou = self.meter.per_class_iou()
         samples = None
