@@ -84,6 +84,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3, help="best of N runs per configuration")
     ap.add_argument("--styles", default="thumbnails,imagenet-sized")
+    ap.add_argument("--scale-copies", type=int, default=0,
+                    help="also time a grid of 16 x N checkpoint files (each micro grid file N times), ImageNet-sized images")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -96,16 +98,20 @@ def main() -> int:
     specs = [s for s in grid_specs("micro") if "mammut" not in s.model]  # clip_benchmark cannot load MaMMUT
     datasets = ("wds_shapes", "wds_shapes_captions")
 
-    def measure(subset: list, tag: str, root: Path) -> dict:
+    def measure(subset: list, tag: str, root: Path, repeat: int, copies: int = 1) -> dict:
+        """Both tools over `subset` (each file `copies` times, under other run names), best of `repeat`."""
         work = Path(tempfile.mkdtemp(prefix=f"evalkit-bench-{tag}-"))
-        (work / "models.txt").write_text("".join(f"{s.model},{s.pretrained}\n" for s in subset))
-        for s in subset:  # the same files, as a grid evalkit can glob (params.txt beside checkpoints/)
-            run_dir = Path(s.pretrained).parent.parent
-            link = work / "links" / f"{run_dir.name}" / "checkpoints"
-            link.mkdir(parents=True, exist_ok=True)
-            os.symlink(s.pretrained, link / Path(s.pretrained).name)
-            if not (link.parent / "params.txt").exists():
-                os.symlink(run_dir / "params.txt", link.parent / "params.txt")
+        models = []
+        for k in range(copies):
+            for s in subset:  # the same files, as a grid evalkit can glob (params.txt beside checkpoints/)
+                run_dir = Path(s.pretrained).parent.parent
+                link = work / "links" / (run_dir.name + (f"-copy{k}" if k else "")) / "checkpoints"
+                link.mkdir(parents=True, exist_ok=True)
+                os.symlink(s.pretrained, link / Path(s.pretrained).name)
+                models.append(f"{s.model},{link / Path(s.pretrained).name}\n")
+                if not (link.parent / "params.txt").exists():
+                    os.symlink(run_dir / "params.txt", link.parent / "params.txt")
+        (work / "models.txt").write_text("".join(models))
         configs = str(REPO / "evalkit" / "models" / "model_configs")
 
         def cb_cmd(dataset: str, task: str) -> list[str]:
@@ -120,7 +126,7 @@ def main() -> int:
                   "--device", "cpu", "--precision", "fp32", "--batch-size", str(args.batch_size), "--out", str(work / "ek"),
                   "--cache-dir", str(work / "cache")]
         colds, warms, cbs, cb_rss, own = [], [], [], 0.0, []
-        for _ in range(args.repeat):  # best of N: single runs of ~10 s are too noisy to difference
+        for _ in range(repeat):  # best of N: single runs of ~10 s are too noisy to difference
             shutil.rmtree(work / "cache", ignore_errors=True)
             shutil.rmtree(work / "ek", ignore_errors=True)
             t, ek_rss = timed(ek_cmd, env)
@@ -139,30 +145,57 @@ def main() -> int:
         diffs = []
         for f in (work / "cb").glob("*.json"):
             res = json.loads(f.read_text())
-            ckpt = str(work / "links" / Path(res["pretrained"]).parent.parent.name / "checkpoints" / Path(res["pretrained"]).name)
+            ckpt = res["pretrained"]
             task = "wds/" + res["dataset"].split("/")[-1]
             for metric, value in res["metrics"].items():
                 row = table[(table.checkpoint == ckpt) & (table.task == task) & (table.metric == metric)]
                 if not row.empty:
                     diffs.append((abs(float(row.value.iloc[0]) - float(value)), ckpt, task, metric))
         shutil.rmtree(work, ignore_errors=True)
-        return {"n": len(subset), "cb": min(cbs), "cb_rss": cb_rss, "ek_cold": min(colds),
+        return {"n": len(subset) * copies, "cb": min(cbs), "cb_rss": cb_rss, "ek_cold": min(colds),
                 "ek_warm": min(warms), "ek_rss": ek_rss, "diffs": diffs,
                 "ek_own": min(own)}
 
-    styles = [s for s in args.styles.split(",") if s]
-    sections, all_diffs = [], []
-    for style in styles:
+    def images(style: str) -> tuple[Path, str]:
         if style == "thumbnails":
-            root, note = data_root(), "the embedded world's 64x64 JPEG thumbnails, as stored"
-        elif style == "imagenet-sized":
+            return data_root(), "the embedded world's 64x64 JPEG thumbnails, as stored"
+        if style == "imagenet-sized":
             tmp = Path(tempfile.mkdtemp(prefix="evalkit-bench-data-"))
             for d in datasets:
                 imagenet_sized(data_root() / d, tmp / d)
-            root, note = tmp, "the same images re-encoded as 500x375 JPEGs (ImageNet val's typical size)"
-        else:
-            raise SystemExit(f"unknown style {style}: thumbnails or imagenet-sized")
-        small, full = measure(specs[:2], "small", root), measure(specs, "full", root)
+            return tmp, "the same images re-encoded as 500x375 JPEGs (ImageNet val's typical size)"
+        raise SystemExit(f"unknown style {style}: thumbnails or imagenet-sized")
+
+    if args.scale_copies:
+        root, note = images("imagenet-sized")
+        big = measure(specs, "scale", root, 1, copies=args.scale_copies)
+        shutil.rmtree(root, ignore_errors=True)
+        off = sum(d[0] > 1e-6 for d in big["diffs"])
+        body = (
+            f"A grid of {big['n']} checkpoint files: the {len(specs)} CLIP checkpoints of the micro grid, each "
+            f"{args.scale_copies} times under other run names (both tools do a checkpoint's full work for every file), "
+            f"x the same 2 tasks, {note}; batch {args.batch_size}, fp32, CPU, one run each, start-up included.\n\n"
+            "| run | wall (s) | s per checkpoint, all included | peak RSS (MiB) | end-to-end speed-up |\n|---|---|---|---|---|\n"
+            f"| clip_benchmark CLI | {big['cb']:.1f} | {big['cb'] / big['n']:.3f} | {big['cb_rss']:.0f} | 1.0x |\n"
+            f"| evalkit, cold decode cache | {big['ek_cold']:.1f} | {big['ek_cold'] / big['n']:.3f} | {big['ek_rss']:.0f} | "
+            f"{big['cb'] / big['ek_cold']:.1f}x |\n"
+            f"| evalkit, warm decode cache | {big['ek_warm']:.1f} | {big['ek_warm'] / big['n']:.3f} | | "
+            f"{big['cb'] / big['ek_warm']:.1f}x |\n\n"
+            f"Numbers compared: {len(big['diffs'])}; {len(big['diffs']) - off} equal to 1e-6 (the rest: the duplicate-"
+            "caption ties explained in the section above).\n"
+        )
+        print(body)
+        if not args.no_write:
+            write_section("grid-scale", "Grid at scale: evalkit vs clip_benchmark CLI, end to end (CPU)", body,
+                          "python " + " ".join(["bench/bench_grid.py", *sys.argv[1:]]))
+
+    styles = [s for s in args.styles.split(",") if s]
+    if not styles:
+        return 0
+    sections, all_diffs = [], []
+    for style in styles:
+        root, note = images(style)
+        small, full = measure(specs[:2], "small", root, args.repeat), measure(specs, "full", root, args.repeat)
         if style != "thumbnails":
             shutil.rmtree(root, ignore_errors=True)
         marg = {k: (full[k] - small[k]) / (full["n"] - small["n"]) for k in ("cb", "ek_cold", "ek_warm")}
