@@ -9,10 +9,12 @@ plan so concurrent shards agree) -> for each checkpoint: load once; per dataset:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +28,9 @@ from evalkit.data.preprocess import normalize
 from evalkit.data.roots import resolve_root
 from evalkit.data.sources import DataError, ImageSource
 from evalkit.models.checkpoint import read_state_dict
-from evalkit.models.factory import load_model
+from evalkit.models.factory import load_model, resolve_source
 from evalkit.models.family import LoadedModel
-from evalkit.models.flops import gflops_per_sample
+from evalkit.models.flops import estimate_gflops, gflops_per_sample
 from evalkit.models.spec import ModelSpec
 from evalkit.progress import Progress
 from evalkit.results import UnitStore, collect, now, unit_id
@@ -96,22 +98,44 @@ def plan(specs: list[ModelSpec], tasks: list[TaskSpec]) -> list[Unit]:
     return list(units.values())
 
 
-def assign_shards(units: list[Unit], n: int) -> list[list[Unit]]:
-    """Split whole checkpoints over `n` shards, largest first onto the least loaded (LPT).
+def assign_shards(units: list[Unit], n: int,
+                  cost: Callable[[ModelSpec], float | None] | None = None) -> list[list[Unit]]:
+    """Split whole checkpoints over `n` shards, heaviest first onto the least loaded (LPT).
 
-    Computed from the full plan (not from what is pending), so every shard agrees without talking.
+    A checkpoint weighs `cost(spec)` (compute per sample; unknown: the mean of the known ones) times
+    its number of units, so a ViT-L checkpoint counts ~12 ViT-B/32 ones and shards finish together.
+    Computed from the full plan (not from what is pending), so every shard agrees without talking;
+    equal weights stay together in key order, so consecutive checkpoints reuse one built module.
     """
     by_ckpt: dict[str, list[Unit]] = {}
     for u in units:
         by_ckpt.setdefault(u.spec.key, []).append(u)
-    order = sorted(by_ckpt, key=lambda k: (-len(by_ckpt[k]), k))
-    loads = [0] * n
+    per_sample = {k: (cost(us[0].spec) if cost else None) for k, us in by_ckpt.items()}
+    known = [c for c in per_sample.values() if c]
+    default = sum(known) / len(known) if known else 1.0
+    weight = {k: (per_sample[k] or default) * len(us) for k, us in by_ckpt.items()}
+    order = sorted(by_ckpt, key=lambda k: (-round(weight[k], 6), k))
+    loads = [0.0] * n
     shards: list[list[Unit]] = [[] for _ in range(n)]
     for k in order:
         i = min(range(n), key=lambda j: (loads[j], j))
         shards[i] += by_ckpt[k]
-        loads[i] += len(by_ckpt[k])
+        loads[i] += weight[k]
     return shards
+
+
+@functools.lru_cache(maxsize=256)
+def _arch_gflops(model: str, arch: str | None) -> float | None:
+    try:
+        _, cfg, _, _ = resolve_source(ModelSpec(model=model, arch=arch))
+    except Exception:  # a spec that cannot resolve fails later, as its own unit; here it weighs the mean
+        return None
+    return estimate_gflops(cfg)
+
+
+def checkpoint_cost(spec: ModelSpec) -> float | None:
+    """Estimated GFLOPs per sample of a checkpoint's architecture, from its config (no model built)."""
+    return _arch_gflops(spec.model, spec.arch)
 
 
 def _open_task(spec: TaskSpec, data_root: str | None) -> TaskData:
@@ -217,7 +241,7 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
     units = plan(specs, task_specs)
     shard = opts.shard or shard_from_env()
     if shard is not None:
-        units = assign_shards(units, shard[1])[shard[0]]
+        units = assign_shards(units, shard[1], checkpoint_cost)[shard[0]]
     done = store.done()
     pending = [u for u in units if u.uid not in done]
     counts = {"ok": 0, "failed": 0, "skipped": len(units) - len(pending)}
@@ -291,6 +315,7 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
                     _fail(store, u, lm, e, common, share, counts, progress)
         del lm
     reader.shutdown(wait=True)
+    store.flush()
     progress.close()
     return counts
 

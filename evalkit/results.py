@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,20 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def _fsync(path: Path) -> None:
+    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))):
+        try:
+            fd = os.open(target, flags)
+        except OSError:  # replaced meanwhile by a newer write of the same unit: that one syncs itself
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
 class UnitStore:
     """Unit files of one results folder."""
 
@@ -44,6 +60,7 @@ class UnitStore:
         self.out = Path(out)
         self.units = self.out / "units"
         self.samples = self.out / "samples"
+        self._syncer: ThreadPoolExecutor | None = None
 
     def path(self, uid: str) -> Path:
         return self.units / f"{uid}.json"
@@ -65,7 +82,20 @@ class UnitStore:
 
     def write(self, uid: str, rows: list[dict[str, Any]], status: str, error: str = "") -> None:
         payload = {"unit_id": uid, "status": status, "error": error, "rows": [{k: _clean(v) for k, v in r.items()} for r in rows]}
-        atomic_write_bytes(self.path(uid), json.dumps(payload, indent=1, default=str).encode(), fsync=True)
+        path = atomic_write_bytes(self.path(uid), json.dumps(payload, indent=1, default=str).encode())
+        # Durable against a killed process already (the rename is atomic and the page cache outlives
+        # it); the fsync for an OS crash runs in the background instead of stalling the grid 10-100 ms
+        # per unit on slow or network disks. A unit lost in a crash before it reaches the disk reads
+        # back unreadable or absent, and is simply run again.
+        if self._syncer is None:
+            self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evalkit-fsync")
+        self._syncer.submit(_fsync, path)
+
+    def flush(self) -> None:
+        """Wait until every unit written so far is on disk."""
+        if self._syncer is not None:
+            self._syncer.shutdown(wait=True)
+            self._syncer = None
 
     def write_samples(self, uid: str, frame: Any) -> Path:
         return atomic_write(self.samples / f"{uid}.parquet", lambda p: frame.to_parquet(p, index=False))

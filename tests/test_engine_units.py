@@ -99,3 +99,21 @@ def test_shards_partition_the_plan(ckpts):
     ids = [u.uid for s in shards for u in s]
     assert sorted(ids) == sorted(u.uid for u in units)
     assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 2
+
+
+def test_shards_balance_compute_not_unit_counts():
+    """2 ViT-L/14 checkpoints (168.6 GFLOPs) and 10 ViT-B/32 ones (14.5) over 2 shards: by unit count
+    a shard could take both L's (6 checkpoints each); by compute each shard gets one L and 5 B's."""
+    from evalkit.engine import checkpoint_cost
+
+    big = [ModelSpec(model="ViT-L-14", pretrained=f"/runs/L/checkpoints/epoch_{i}.pt") for i in range(2)]
+    small = [ModelSpec(model="ViT-B-32", pretrained=f"/runs/B/checkpoints/epoch_{i}.pt") for i in range(10)]
+    units = plan(big + small, [get_task("shapes")])
+    assert checkpoint_cost(big[0]) / checkpoint_cost(small[0]) == pytest.approx(168.61 / 14.54, rel=0.1)
+    shards = assign_shards(units, 2, checkpoint_cost)
+    for shard in shards:
+        models = [u.spec.model for u in shard]
+        assert models.count("ViT-L-14") == 1 and models.count("ViT-B-32") == 5
+    unknown = ModelSpec(model="no-such-arch", pretrained="/x/epoch_1.pt")  # weighs the mean of the known ones
+    shards = assign_shards(plan(big + [unknown], [get_task("shapes")]), 2, checkpoint_cost)
+    assert sorted(len(s) for s in shards) == [1, 2]

@@ -25,3 +25,22 @@ def test_gflops_are_cached_per_architecture(tmp_path, monkeypatch):
     assert (tmp_path / "flops.json").is_file() and round(first, 2) == PROFILE.loc["ViT-S-32", "gflops"]
     lm.model = None  # a cached value needs no forward pass
     assert gflops_per_sample(lm) == first
+
+
+def test_closed_form_estimate_is_within_ten_percent_of_the_profile():
+    """The config-only count that weighs shards, against the paper's profiled gflops."""
+    from evalkit.models.configs import get_arch_config
+    from evalkit.models.flops import estimate_gflops
+
+    clip = PROFILE[PROFILE.namespace == "clip"]
+    checked = 0
+    for arch, row in clip[~clip.index.duplicated()].iterrows():
+        try:
+            cfg = get_arch_config(arch)
+        except LookupError:
+            continue
+        est = estimate_gflops(cfg)
+        assert est is not None and abs(est / row.gflops - 1) < 0.10, (arch, est, row.gflops)
+        checked += 1
+    assert checked >= 12  # ViT-S/M/B/L/H at patch 32/16/14
+    assert estimate_gflops(get_arch_config("mammut_ViT-B-32")) is None  # decoder: counted by the profiler only
