@@ -77,6 +77,18 @@ class UnitStore:
                 continue
         return out
 
+    def snapshot(self) -> set[tuple[str, int, int]]:
+        """(name, mtime ns, size) of every unit file: changes whenever a unit is added or rewritten."""
+        out = set()
+        if self.units.is_dir():
+            for f in self.units.glob("*.json"):
+                try:
+                    st = f.stat()
+                except OSError:
+                    continue
+                out.add((f.name, st.st_mtime_ns, st.st_size))
+        return out
+
     def done(self) -> set[str]:
         return {u for u, s in self.status().items() if s == "ok"}
 
@@ -122,12 +134,22 @@ def to_frame(rows: list[dict[str, Any]]):
     return frame.sort_values(["model", "task", "metric"], kind="stable").reset_index(drop=True)
 
 
-def collect(out: str | Path):
-    """Merge unit files into `<out>/results.parquet` and `<out>/results.csv` (atomically); return the table."""
+def collect(out: str | Path, attempts: int = 20):
+    """Merge unit files into `<out>/results.parquet` and `<out>/results.csv` (atomically); return the table.
+
+    Shards that finish together collect together: one could read the units, another then add its last
+    one and write the full table, and the first overwrite it with its older read. So after writing,
+    the unit files are listed again, and a collect that raced with a unit write runs again; the last
+    table written is then always complete (each shard writes all its units before it collects).
+    """
     store = UnitStore(out)
-    frame = to_frame(store.rows())
-    atomic_write(Path(out) / "results.parquet", lambda p: frame.to_parquet(p, index=False))
-    atomic_write(Path(out) / "results.csv", lambda p: frame.to_csv(p, index=False))
+    for _ in range(attempts):
+        before = store.snapshot()
+        frame = to_frame(store.rows())
+        atomic_write(Path(out) / "results.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
+        atomic_write(Path(out) / "results.csv", lambda p, f=frame: f.to_csv(p, index=False))
+        if store.snapshot() == before:
+            break
     return frame
 
 

@@ -117,3 +117,33 @@ def test_shards_balance_compute_not_unit_counts():
     unknown = ModelSpec(model="no-such-arch", pretrained="/x/epoch_1.pt")  # weighs the mean of the known ones
     shards = assign_shards(plan(big + [unknown], [get_task("shapes")]), 2, checkpoint_cost)
     assert sorted(len(s) for s in shards) == [1, 2]
+
+
+def test_collect_racing_a_finishing_shard_ends_complete(tmp_path, monkeypatch):
+    """Shard A reads the units, shard B adds its last one and collects, A writes its older read:
+    A must notice the new unit and collect again, so the table on disk ends complete."""
+    import pandas as pd
+
+    from evalkit.results import UnitStore, collect
+
+    def unit(store: UnitStore, uid: str) -> None:
+        store.write(uid, [{"unit_id": uid, "model": uid, "task": "t", "metric": "acc1", "value": 0.5}], "ok")
+
+    store = UnitStore(tmp_path)
+    unit(store, "a1")
+    unit(store, "a2")
+    store.flush()
+    rows = UnitStore.rows
+
+    def racing_rows(self):
+        out = rows(self)
+        if not (self.units / "b1.json").exists():
+            unit(UnitStore(tmp_path), "b1")  # shard B finishes during A's collect
+        return out
+
+    monkeypatch.setattr(UnitStore, "rows", racing_rows)
+    stale = collect(tmp_path, attempts=1)
+    assert sorted(stale.unit_id) == ["a1", "a2"]  # without the second look, the table misses b1
+    (tmp_path / "units" / "b1.json").unlink()
+    collect(tmp_path)
+    assert sorted(pd.read_parquet(tmp_path / "results.parquet").unit_id) == ["a1", "a2", "b1"]
