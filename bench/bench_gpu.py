@@ -9,7 +9,6 @@ On CPU it runs as a smoke check (`--n 256 --archs tinyclip-S --device cpu --prec
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import tempfile
@@ -71,8 +70,7 @@ def main() -> int:
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 cuda = device.type == "cuda"
-                readers = min(4, os.cpu_count() or 1) if cuda else 1  # as the engine reads
-                for _, _, b in host_batches(pixels, args.batch_size, pin=cuda, workers=readers, depth=readers + 2):
+                for _, _, b in host_batches(pixels, args.batch_size, pin=cuda):  # as the engine reads
                     with autocast():
                         lm.encode_image(normalize(b.to(device, non_blocking=True), lm.preprocess))
                 if device.type == "cuda":

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], fsync: bool = False) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` for a temp path beside `path`, then move it into place; never leaves the temp."""
     path = Path(path)
     # The temp file keeps the final name inside a private folder beside it: writers that read the
@@ -22,9 +22,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], fsync: 
     tmp = tmp_dir / path.name
     try:
         write(tmp)
-        if fsync:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -36,9 +33,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], fsync: 
     return path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False) -> Path:
-    return atomic_write(path, lambda p: p.write_bytes(data), fsync=fsync)
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda p: p.write_bytes(data))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = False) -> Path:
-    return atomic_write(path, lambda p: p.write_text(text), fsync=fsync)
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def fsync_path(path: Path) -> None:
+    """Put a written file and its folder entry on disk (survives an OS crash, not only a killed process)."""
+    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))):
+        try:
+            fd = os.open(target, flags)
+        except OSError:  # replaced meanwhile by a newer write of the same file: that one syncs itself
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)

@@ -169,8 +169,7 @@ def _run_dataset(lm: LoadedModel, source: ImageSource, runners: list[TaskRunner]
                             num_workers=opts.num_workers, progress=bool(opts.progress))
     needs = {r.needs for r in runners}
     cuda = ctx.device.type == "cuda"
-    readers = min(4, os.cpu_count() or 1) if cuda else 1  # a GPU eats batches faster than one memcpy thread
-    for start, stop, batch in host_batches(pixels, opts.batch_size, pin=cuda, workers=readers, depth=readers + 2):
+    for start, stop, batch in host_batches(pixels, opts.batch_size, pin=cuda):
         images = normalize(batch.to(ctx.device, non_blocking=True), lm.preprocess)
         index = torch.arange(start, stop)  # pinned on CUDA, so runners' copies to the device stay async
         if cuda:

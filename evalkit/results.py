@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from evalkit.atomic import atomic_write, atomic_write_bytes
+from evalkit.atomic import atomic_write, atomic_write_bytes, fsync_path
 
 RESULT_COLUMNS = [
     "model", "arch", "family", "checkpoint", "epoch", "samples_seen", "pretrain_dataset", "lr_scheduler",
@@ -37,20 +36,6 @@ def _clean(v: Any) -> Any:
     if isinstance(v, float) and math.isnan(v):
         return None
     return v
-
-
-def _fsync(path: Path) -> None:
-    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))):
-        try:
-            fd = os.open(target, flags)
-        except OSError:  # replaced meanwhile by a newer write of the same unit: that one syncs itself
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
 
 class UnitStore:
@@ -101,7 +86,7 @@ class UnitStore:
         # back unreadable or absent, and is simply run again.
         if self._syncer is None:
             self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evalkit-fsync")
-        self._syncer.submit(_fsync, path)
+        self._syncer.submit(fsync_path, path)
 
     def flush(self) -> None:
         """Wait until every unit written so far is on disk."""

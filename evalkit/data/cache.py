@@ -118,14 +118,19 @@ def decoded_images(
     return np.load(final, mmap_mode="r")
 
 
-def host_batches(pixels: np.ndarray, batch_size: int, pin: bool = False, workers: int = 1,
-                 depth: int = 3) -> Iterator[tuple[int, int, torch.Tensor]]:
+def host_batches(pixels: np.ndarray, batch_size: int, pin: bool = False, workers: int | None = None,
+                 depth: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(start, stop, uint8 batch) over `pixels` in order, read ahead by background threads.
 
     Copying out of the memory-mapped cache (straight into pinned memory when `pin`) releases the
     GIL, so the next batches are read while the device computes this one; with `pin`, the caller's
-    `.to(device, non_blocking=True)` is a true async copy.
+    `.to(device, non_blocking=True)` is a true async copy. By default a GPU (`pin`) gets up to 4
+    readers, since it eats batches faster than one memcpy thread; a CPU run gets one.
     """
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1) if pin else 1
+    if depth is None:
+        depth = workers + 2
     def read(start: int) -> tuple[int, int, torch.Tensor]:
         stop = min(start + batch_size, len(pixels))
         if pin:

@@ -155,14 +155,6 @@ def params_txt(spec: RunSpec, home: Path) -> str:
     return "".join(f"{k}: {'' if v == '' else v}\n" for k, v in sorted(args.items()))
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    atomic_write(path, lambda p: torch.save(obj, p))
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 def train_run(spec: RunSpec, home: Path, pool: TrainPool, log: Callable[[str], None] = print) -> float:
     """Train one run, writing every epoch's checkpoint; returns wall seconds."""
     t0 = time.perf_counter()
@@ -178,7 +170,7 @@ def train_run(spec: RunSpec, home: Path, pool: TrainPool, log: Callable[[str], N
     scheduler = cosine_lr(optimizer, spec.lr, spec.warmup, steps_per_epoch * spec.epochs)
     gen = torch.Generator().manual_seed(spec.seed)
     run_dir = spec.run_dir(home)
-    _atomic_text(run_dir / "params.txt", params_txt(spec, home))
+    atomic_write_text(run_dir / "params.txt", params_txt(spec, home))
     n = pool.images.shape[0]
     step = 0
     for epoch in range(spec.epochs):
@@ -199,14 +191,12 @@ def train_run(spec: RunSpec, home: Path, pool: TrainPool, log: Callable[[str], N
             total += float(loss.detach())
             step += 1
         completed = epoch + 1
-        _atomic_save(
-            {
-                "epoch": completed,
-                "name": spec.name,
-                "state_dict": {"module." + k: v for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-            },
-            spec.checkpoint(completed, home),
-        )
+        ckpt = {
+            "epoch": completed,
+            "name": spec.name,
+            "state_dict": {"module." + k: v for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+        }
+        atomic_write(spec.checkpoint(completed, home), lambda p, c=ckpt: torch.save(c, p))
         log(f"[{spec.name}] epoch {completed}/{spec.epochs} loss {total / steps_per_epoch:.3f}")
     return time.perf_counter() - t0
