@@ -1,8 +1,9 @@
-"""A run killed at any moment (SIGKILL) and run again gives exactly the uninterrupted table; four
+"""A run killed mid-run (SIGKILL after the k-th unit) and run again gives exactly the uninterrupted table; four
 concurrent shard processes on one results folder give the full table with no duplicates."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,7 +15,8 @@ import pytest
 from _embedded import DATA
 from _util import REPO, TINY_S, save_training_checkpoint, tiny_clip
 
-from evalkit.results import collect
+from evalkit.atomic import parse_temp_dir_name
+from evalkit.results import UnitStore, collect
 
 KEY = ["model", "task", "metric"]
 COMPARE = KEY + ["value", "n_samples", "status", "samples_seen", "epoch"]
@@ -49,7 +51,7 @@ def reference(grid, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
     _run(_cmd(grid, out, out / "cache"))
     table = _table(out)
-    assert len(table) == 4 * 2 * 3 and (table.status == "ok").all()
+    assert len(table) == 4 * 2 * 3 and (table.status == "ok").all() and not table.duplicated(KEY).any()
     assert set(table.samples_seen) == {1000.0, 2000.0}
     return table
 
@@ -59,26 +61,62 @@ def _run(cmd, env=ENV):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-def _kill_and_resume(grid, reference, tmp_path, delays):
-    out, cache = tmp_path / "out", tmp_path / "cache"
-    for delay in delays:
-        proc = subprocess.Popen(_cmd(grid, out, cache), env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(delay)
-        os.killpg(proc.pid, signal.SIGKILL)
+def _ok_units(out) -> int:
+    return len(UnitStore(out).done())
+
+
+def _run_and_kill_after(grid, out, cache, n_ok: int, timeout: float = 120.0) -> int:
+    """Start the real CLI; SIGKILL its whole process group right after the `n_ok`-th finished unit file
+    appears (so the kill lands mid-run, while the next unit is being computed); return its pid."""
+    proc = subprocess.Popen(_cmd(grid, out, cache), env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while _ok_units(out) < n_ok:
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended (rc {proc.returncode}) before unit {n_ok}: {proc.stderr.read()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no unit {n_ok} after {timeout} s")
+            time.sleep(0.005)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    _run(_cmd(grid, out, cache))
-    pd.testing.assert_frame_equal(_table(out), reference)
-    assert not list(out.glob("units/.tmp-*")) and not list(out.glob(".tmp-*"))
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, "the run finished on its own: the kill was not mid-run"
+    return proc.pid
 
 
-def test_sigkill_then_rerun_equals_uninterrupted(grid, reference, tmp_path):
-    _kill_and_resume(grid, reference, tmp_path, (3.0, 8.0))
+def _kill_and_resume(grid, reference, tmp_path, kill_after: list[int]):
+    """Kill runs after the k-th unit of each (cumulative counts), rerun, and compare with `reference`."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    total = len(reference.groupby(["model", "task"]))
+    killed = set()
+    for k in kill_after:
+        killed.add(_run_and_kill_after(grid, out, cache, k))
+        done = _ok_units(out)
+        assert k <= done < total, f"killed after unit {k}: {done} of {total} units done"
+    r = subprocess.run(_cmd(grid, out, cache), env=ENV, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # the rerun resumed: it skipped exactly the units on disk and ran only the rest
+    assert f"units: {total - done} ok, 0 failed, {done} already done" in r.stdout, r.stdout
+    table = _table(out)
+    assert not table.duplicated(KEY).any()
+    pd.testing.assert_frame_equal(table, reference)
+    # no temp of the finished rerun is left; one of a killed writer may be (removed by remove_stale_temps)
+    for d in list(out.glob("units/.tmp-*")) + list(out.glob(".tmp-*")):
+        owner = parse_temp_dir_name(d.name)
+        assert owner is not None and owner[1] in killed, f"temp left by a live or finished writer: {d}"
+
+
+def test_sigkill_mid_run_then_rerun_equals_uninterrupted(grid, reference, tmp_path):
+    """A real mid-run kill (twice: a fresh run and a resumed one), then a rerun gives the same table."""
+    _kill_and_resume(grid, reference, tmp_path, [2, 5])
 
 
 @pytest.mark.slow
-def test_sigkill_at_many_points(grid, reference, tmp_path):
-    _kill_and_resume(grid, reference, tmp_path, (1.0, 2.5, 4.0, 6.0, 9.0, 12.0))
+def test_sigkill_after_every_unit(grid, reference, tmp_path):
+    _kill_and_resume(grid, reference, tmp_path, list(range(1, len(reference.groupby(["model", "task"])))))
 
 
 def test_four_concurrent_shards_give_the_full_table(grid, reference, tmp_path):
