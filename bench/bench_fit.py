@@ -32,7 +32,7 @@ from scipy.optimize import curve_fit
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evalkit.fit.solver import fit_curve  # noqa: E402
 
-ORACLE = Path("/work/shared/oracles/fitter/reference_runs.json")
+ORACLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "fitter" / "reference_runs.json"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 START, END = "<!-- fit:start -->", "<!-- fit:end -->"
 DEFAULT_REF = ("in1k_C_full/clip", "ade20k_C_holdout_1e11/mammut", "in1k_samples_full/mammut")

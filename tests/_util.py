@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where used, so data-only tests (the fit oracles) stay light
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = (REPO / ".." / "shared").resolve()
+DATA = REPO / "tests" / "data"  # verbatim copies of the reference oracles and data (tests/data/README.md)
 TINY_S = REPO / "evalkit" / "models" / "model_configs" / "tinyclip-S.json"
 TINY_M = REPO / "evalkit" / "models" / "model_configs" / "tinyclip-M.json"
+
+
+def fixture_path(*parts: str) -> Path:
+    """A file or folder under tests/data; a missing one is an error (a test never skips for want of it)."""
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(f"test fixture missing: {path} (the repository ships it; see tests/data/README.md)")
+    return path
 
 
 def tiny_clip(config: Path = TINY_S, seed: int = 0) -> torch.nn.Module:
     """A randomly initialised tiny CLIP built by open_clip itself (the reference loader)."""
     import open_clip
+    import torch
 
     open_clip.add_model_config(str(config))
     torch.manual_seed(seed)
@@ -25,6 +37,8 @@ def tiny_clip(config: Path = TINY_S, seed: int = 0) -> torch.nn.Module:
 
 def save_training_checkpoint(model: torch.nn.Module, path: Path, epoch: int = 3) -> Path:
     """open_clip's training format: DDP `module.` prefix, AdamW state, a numpy scalar as real runs carry."""
+    import torch
+
     opt = torch.optim.AdamW(model.parameters(), lr=0.0)  # real optimizer state, weights unchanged
     loss = sum(p.float().pow(2).sum() for p in model.parameters()) * 0.0 + model.logit_scale * 1.0
     loss.backward()

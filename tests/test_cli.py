@@ -30,11 +30,11 @@ def test_models_and_tasks_listings():
     assert tasks.returncode == 0 and "imagenet1k" in tasks.stdout and "zeroshot_classification" in tasks.stdout
 
 
-def test_user_errors_are_one_line():
+def test_user_errors_are_one_line(tmp_path):
     r = _evalkit("run", "--model", "ViT-B-23", "--tasks", "imagenet1k")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("evalkit: error: Unknown model 'ViT-B-23'") and "ViT-B-32" in r.stderr
     r = _evalkit("run", "--model", "hf-hub:laion/openMaMMUT-ViT-L-14-DataComp-1.4B-s12.8B-b180K", "--tasks", "imagenet1k",
-                 "--out", "/tmp/evalkit-cli-test")
+                 "--out", str(tmp_path / "out"))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "not in the local Hugging Face cache" in r.stderr and "huggingface-cli download" in r.stderr

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _util import fixture_path
 
 from evalkit.fit.command import add_fit_parser, add_import_parser
 from evalkit.importers import TIDY_COLUMNS
 
-WIDE = Path("/work/shared/data/scaling-laws/segmentation_results.parquet")
-needs_data = pytest.mark.skipif(not WIDE.exists(), reason="shared data not present")
+WIDE = fixture_path("scaling-laws", "segmentation_results.parquet")
 
 
 def _run(*argv: str) -> int:
@@ -50,7 +50,6 @@ def _tidy_from_wide(tmp_path: Path) -> Path:
     return out
 
 
-@needs_data
 def test_wide_table_reference_reproduces_oracle(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     rc = _run("fit", str(WIDE), "--task", "imagenet1k", "--metric", "acc1", "--x", "gflops_total",
@@ -78,7 +77,6 @@ def test_wide_table_reference_reproduces_oracle(tmp_path: Path, capsys) -> None:
     assert "published" not in capsys.readouterr().err
 
 
-@needs_data
 def test_tidy_and_wide_shapes_give_the_same_fit(tmp_path: Path) -> None:
     tidy = _tidy_from_wide(tmp_path)
     for src, out in ((tidy, tmp_path / "t"), (WIDE, tmp_path / "w")):
@@ -94,7 +92,6 @@ def test_tidy_and_wide_shapes_give_the_same_fit(tmp_path: Path) -> None:
     assert set(pred.kind) == {"heldout"} and pred["abs_err"].notna().all()
 
 
-@needs_data
 def test_tidy_single_group_segmentation_csv(tmp_path: Path) -> None:
     tidy = pd.read_parquet(_tidy_from_wide(tmp_path))
     csv = tmp_path / "r.csv"
@@ -107,7 +104,6 @@ def test_tidy_single_group_segmentation_csv(tmp_path: Path) -> None:
     assert not (out / "comparison.csv").exists()
 
 
-@needs_data
 @pytest.mark.parametrize("argv,needle", [
     (["--task", "imagenet1k", "--metric", "acc7"], "no metric column 'acc7'"),
     (["--task", "cifar10", "--metric", "acc1"], "no rows for task 'cifar10'"),
@@ -118,7 +114,6 @@ def test_wide_bad_task_or_metric(tmp_path: Path, capsys, argv: list[str], needle
     assert needle in err and str(WIDE) in err and ("--metric" in err or "--task" in err)
 
 
-@needs_data
 def test_tidy_bad_input(tmp_path: Path, capsys) -> None:
     tidy = pd.read_parquet(_tidy_from_wide(tmp_path))
     bad = tmp_path / "missing.csv"

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _util import fixture_path
 
 from evalkit.fit.api import fit_table
 from evalkit.fit.forms import evaluate
 
-DATA = Path("/work/shared/data/scaling-laws/segmentation_results.parquet")
-ORACLE = Path("/work/shared/oracles/fitter/reference_runs.json")
-pytestmark = pytest.mark.skipif(not (DATA.exists() and ORACLE.exists()), reason="shared oracle data not present")
+DATA = fixture_path("scaling-laws", "segmentation_results.parquet")
+ORACLE = fixture_path("fitter", "reference_runs.json")
 
 
 def _configs() -> list[dict]:
-    if not ORACLE.exists():
-        return []
     return [c for c in json.loads(ORACLE.read_text())["configs"] if "_repeat" not in c["run"]]
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from _util import SHARED
+from _util import fixture_path
 
 from evalkit.models.factory import load_model
 from evalkit.models.flops import count_gflops, gflops_per_sample
 
-PROFILE = pd.read_csv(SHARED / "data" / "scaling-laws" / "model_profile.csv").set_index("model")
+PROFILE = pd.read_csv(fixture_path("scaling-laws", "model_profile.csv")).set_index("model")
 
 
 @pytest.mark.parametrize("arch", ["ViT-S-32", "ViT-M-32", "ViT-B-32", "mammut_ViT-S-32", "mammut_ViT-B-32"])

@@ -13,21 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from _util import fixture_path
 
 from evalkit.models.checkpoint import CheckpointError, _torch_load, load_into, read_state_dict
 from evalkit.models.family import FAMILIES, family_for
 from evalkit.models.mammut import MaMMUT, MaMMUTFamily
 
-SHARED = (Path(__file__).parents[1] / "../shared").resolve()
-FORK = SHARED / "oracles" / "mammut-fork"
-MANIFESTS = FORK / "manifests"
-MICRO = FORK / "micro-A"
+MANIFESTS = fixture_path("mammut-fork", "manifests")
+MICRO = fixture_path("mammut-fork", "micro-A")
 CONFIG_DIR = Path(__file__).parents[1] / "evalkit" / "models" / "model_configs"
 ATOL = 1e-5
 
-pytestmark = pytest.mark.skipif(not FORK.is_dir(), reason=f"MaMMUT oracles not found at {FORK}")
-
-MAMMUT_MANIFESTS = sorted(p.stem for p in MANIFESTS.glob("mammut_*.json")) if MANIFESTS.is_dir() else []
+MAMMUT_MANIFESTS = ["mammut_ViT-S-32", "mammut_ViT-B-32", "mammut_ViT-B-16", "mammut_ViT-L-14"]
 
 
 def _micro_cfg() -> dict:

@@ -14,12 +14,18 @@ SPEC_FIELDS = ("family", "arch", "samples_seen", "pretrain_dataset", "lr_schedul
 
 
 def zoo_path() -> Path:
-    """`$EVALKIT_ZOO`, else `./checkpoints.yaml`, else the repository's `checkpoints.yaml`."""
+    """`$EVALKIT_ZOO`, else `./checkpoints.yaml`, else the repository's top-level `checkpoints.yaml` in a
+    source checkout or editable install, else the copy an installed wheel ships (setup.py)."""
     if os.environ.get("EVALKIT_ZOO"):
         return Path(os.environ["EVALKIT_ZOO"])
     if Path("checkpoints.yaml").is_file():
         return Path("checkpoints.yaml")
-    return Path(__file__).resolve().parents[2] / "checkpoints.yaml"
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "checkpoints.yaml").is_file():
+        return root / "checkpoints.yaml"
+    from importlib.resources import files
+
+    return Path(str(files("evalkit").joinpath("_registry", "checkpoints.yaml")))
 
 
 def read_zoo(path: Path | None = None) -> dict[str, Any]:

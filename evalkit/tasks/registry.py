@@ -12,9 +12,16 @@ REQUIRED = ("name", "type", "dataset")
 
 
 def task_dirs() -> list[Path]:
-    """`$EVALKIT_TASKS` (os.pathsep-separated) first, then the repository's `tasks/`."""
+    """`$EVALKIT_TASKS` (os.pathsep-separated) first, then the repository's top-level `tasks/` in a
+    source checkout or editable install, else the copy an installed wheel ships (setup.py)."""
     dirs = [Path(p) for p in os.environ.get("EVALKIT_TASKS", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[2] / "tasks")
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "tasks").is_dir():
+        dirs.append(root / "tasks")
+    else:
+        from importlib.resources import files
+
+        dirs.append(Path(str(files("evalkit").joinpath("_registry", "tasks"))))
     return [d for d in dirs if d.is_dir()]
 
 
