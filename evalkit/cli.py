@@ -30,7 +30,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="dataset folder, or a template with {dataset}")
     p.add_argument("--out", default="results", help="results folder (default: results/)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    p.add_argument("--precision", choices=["fp32", "amp_bf16"], help="default: amp_bf16 on cuda, fp32 on cpu")
+    p.add_argument("--precision", choices=["fp32", "amp_bf16", "amp_fp16"],
+                   help="default: amp_bf16 on cuda, fp32 on cpu (amp_fp16 = clip_benchmark's --amp on cuda); "
+                        "parity with clip_benchmark is exact in fp32")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--text-batch-size", type=int, default=1024)
     p.add_argument("--num-workers", type=int, help="image decoding workers (default: min(8, cores))")
@@ -129,8 +131,18 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from evalkit.results import collect
+    from evalkit.results import collect, superseded
 
+    if args.superseded:
+        old = superseded(args.out)
+        if old.empty:
+            print(f"{args.out}: no superseded unit files")
+            return 0
+        print(old.drop(columns=["unit_file"]).to_string(index=False))
+        print(f"{len(old)} superseded unit files (kept on disk, not in the table):")
+        for f in old.unit_file:
+            print(f"  {f}")
+        return 0
     table = collect(args.out)
     print(f"{os.path.join(args.out, 'results.parquet')}: {len(table)} rows")
     return 0
@@ -186,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tasks", help="list the task registry").set_defaults(func=cmd_tasks)
     c = sub.add_parser("collect", help="merge unit files into results.parquet/csv")
     c.add_argument("out", nargs="?", default="results")
+    c.add_argument("--superseded", action="store_true",
+                   help="list unit files that are not in the table: older results of a changed task or precision")
     c.set_defaults(func=cmd_collect)
     k = sub.add_parser("cache", help="manage the decode-once image cache")
     k.add_argument("action", choices=["build", "ls", "rm"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sys
 import time
@@ -37,6 +38,8 @@ from evalkit.results import UnitStore, collect, now, unit_id
 from evalkit.tasks.base import PROTOCOLS, RunContext, TaskRunner, open_task
 from evalkit.tasks.registry import get_task
 from evalkit.tasks.spec import TaskSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,12 +91,16 @@ def shard_from_env() -> tuple[int, int] | None:
     return None
 
 
-def plan(specs: list[ModelSpec], tasks: list[TaskSpec]) -> list[Unit]:
-    """Every (checkpoint, task) unit once, in a stable order."""
+def plan(specs: list[ModelSpec], tasks: list[TaskSpec], precision: str = "fp32") -> list[Unit]:
+    """Every (checkpoint, task) unit once, in a stable order.
+
+    Tasks should come resolved (`resolve_tasks`): a unit's id then covers the classnames, templates
+    and data it was computed from, and the precision, so a change of any of them is a new unit.
+    """
     units: dict[str, Unit] = {}
     for s in specs:
         for t in tasks:
-            uid = unit_id(s.key, t.name, t.hash)
+            uid = unit_id(s.key, t.name, t.hash, precision)
             units.setdefault(uid, Unit(s, t, uid))
     return list(units.values())
 
@@ -147,12 +154,30 @@ def _open_task(spec: TaskSpec, data_root: str | None) -> TaskData:
         return TaskData(spec, None, str(e))
 
 
+def resolve_tasks(task_specs: list[TaskSpec], data_root: str | None) -> list[TaskData]:
+    """Open every task's data once and resolve its spec (classnames, templates, data identity).
+
+    Done before planning, so unit ids and `task_hash` name what is actually computed. A task whose
+    data cannot be opened keeps its unresolved spec (and hash) and fails as its own units.
+    """
+    seen: dict[str, TaskData] = {}
+    for t in task_specs:
+        if t.name not in seen:
+            seen[t.name] = _open_task(t, data_root)
+    return list(seen.values())
+
+
+PRECISIONS = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
+
+
 def _autocast(device: torch.device, precision: str):
-    if precision == "amp_bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "fp32":
+    """fp32, or autocast in bf16 / fp16 (clip_benchmark's `--amp` on CUDA is fp16 autocast)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}' (one of {', '.join(PRECISIONS)})")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
         return contextlib.nullcontext
-    raise ValueError(f"unknown precision '{precision}' (fp32 or amp_bf16)")
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def _device_name(device: torch.device) -> str:
@@ -237,15 +262,20 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
     ctx = RunContext(device=device, autocast=_autocast(device, precision), text_batch_size=opts.text_batch_size,
                      cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, num_workers=opts.num_workers)
     store = UnitStore(opts.out)
-    units = plan(specs, task_specs)
+    opened = {td.spec.name: td for td in resolve_tasks(task_specs, opts.data_root)}
+    for td in opened.values():
+        if td.source is not None:
+            store.write_task(td.spec)
+    units = plan(specs, [td.spec for td in opened.values()], precision)
     shard = opts.shard or shard_from_env()
     if shard is not None:
         units = assign_shards(units, shard[1], checkpoint_cost)[shard[0]]
-    done = store.done()
-    pending = [u for u in units if u.uid not in done]
-    counts = {"ok": 0, "failed": 0, "skipped": len(units) - len(pending)}
+    status = store.status()
+    pending = [u for u in units if status.get(u.uid) != "ok"]
+    skipped = [u for u in units if status.get(u.uid) == "ok"]
+    store.reinstate(u.uid for u in skipped)  # asked for again: current again, over any other result of its key
+    counts = {"ok": 0, "failed": 0, "skipped": len(skipped)}
     common = {**_versions(), "device": _device_name(device), "precision": precision, "batch_size": opts.batch_size}
-    opened: dict[str, TaskData] = {}
     by_ckpt: dict[str, list[Unit]] = {}
     for u in pending:
         by_ckpt.setdefault(u.spec.key, []).append(u)
@@ -262,7 +292,7 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
             state = current.result() if current is not None else None
             lm = load_model(spec, device=device, state=state, reuse=built)
             del state
-            gflops = _gflops(lm)
+            gflops = _gflops(lm, spec)
             extra = {"gflops_per_sample": gflops,
                      "gflops_total": gflops * spec.samples_seen if gflops and spec.samples_seen else None}
         except Exception as e:  # one bad checkpoint never stops the grid
@@ -275,8 +305,6 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
         load_s = time.time() - t0
         by_source: dict[str, list[tuple[Unit, TaskData]]] = {}
         for u in ckpt_units:
-            if u.task.name not in opened:
-                opened[u.task.name] = _open_task(u.task, opts.data_root)
             td = opened[u.task.name]
             by_source.setdefault(td.source.name if td.source else f"!{u.task.name}", []).append((u, td))
         for group in by_source.values():
@@ -305,8 +333,7 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
                     result = runner.result(log_samples=opts.log_samples)
                     if opts.log_samples and result.samples is not None:
                         store.write_samples(u.uid, result.samples)
-                    unit = Unit(u.spec, td.spec, u.uid)
-                    store.write(u.uid, _rows(unit, lm, result, "ok", "", {**common, **extra}, share), "ok")
+                    store.write(u.uid, _rows(u, lm, result, "ok", "", {**common, **extra}, share), "ok")
                     counts["ok"] += 1
                     main = td.spec.main_metric or next(iter(result.metrics))
                     progress.unit(f"{spec.name} x {u.task.name}: {main}={result.metrics.get(main, float('nan')):.4f}")
@@ -326,11 +353,21 @@ def _prefetch(pool: ThreadPoolExecutor, spec: ModelSpec) -> Future | None:
     return None
 
 
-def _gflops(lm: LoadedModel) -> float | None:
+def _gflops(lm: LoadedModel, spec: ModelSpec) -> float | None:
+    """FLOPs are metadata: never fail a unit over them, but say so, since rows without
+    gflops_total drop out of every fit on compute."""
     try:
         return gflops_per_sample(lm)
-    except Exception:  # FLOPs are metadata: never fail a unit over them
+    except Exception as e:
+        if lm.arch not in _FLOPS_WARNED:
+            _FLOPS_WARNED.add(lm.arch)
+            log.warning("evalkit: warning: cannot count FLOPs of %s (%s, first seen in %s): %s: %s; its rows get "
+                        "no gflops_per_sample/gflops_total and drop out of fits on compute",
+                        lm.arch, lm.family, spec.checkpoint or spec.name, type(e).__name__, e)
         return None
+
+
+_FLOPS_WARNED: set[str] = set()
 
 
 def _fail(store: UnitStore, u: Unit, lm: LoadedModel | None, e: Exception, common: dict[str, Any], dt: float,

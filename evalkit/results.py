@@ -4,19 +4,29 @@ Each finished (checkpoint x task) unit is one JSON file under `<out>/units/`, wr
 file and renamed, so a run killed at any moment leaves only whole units; a rerun skips units whose
 file says `ok`, and retries failed ones. `collect` merges unit files into `results.parquet`/`.csv`.
 Concurrent shards write distinct unit files, so they never clash.
+
+A unit's id covers the resolved task (its hash) and the precision. When a task changes (other
+classnames, templates, data files) or another precision is asked for, the new unit does not replace
+the old file: both stay on disk, and the table keeps only the *current* one per (checkpoint, task),
+the one written (or asked for again) last. `superseded()` lists the others.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import os
 import time
+from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from evalkit.atomic import atomic_write, atomic_write_bytes, fsync_path
+from evalkit.atomic import atomic_write, atomic_write_bytes, atomic_write_text, fsync_path
+
+log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = [
     "model", "arch", "family", "checkpoint", "epoch", "samples_seen", "pretrain_dataset", "lr_scheduler",
@@ -27,9 +37,30 @@ RESULT_COLUMNS = [
 ]
 
 
-def unit_id(model_key: str, task_name: str, task_hash: str) -> str:
-    """Identity of a unit: the same checkpoint, task and task config give the same id."""
-    return hashlib.sha1(f"{model_key}\0{task_name}\0{task_hash}".encode()).hexdigest()[:20]
+def unit_id(model_key: str, task_name: str, task_hash: str, precision: str = "fp32") -> str:
+    """Identity of a unit: the same checkpoint, resolved task and precision give the same id."""
+    return hashlib.sha1(f"{model_key}\0{task_name}\0{task_hash}\0{precision}".encode()).hexdigest()[:20]
+
+
+class ResultsWriteError(RuntimeError):
+    """The table could not be written (full disk, permissions); the unit files are untouched."""
+
+
+@dataclass
+class UnitFile:
+    """One readable unit file: its status, what it is a result of, and when it became current."""
+
+    uid: str
+    path: Path
+    status: str
+    key: tuple[str, str, str]  # (model, checkpoint, task)
+    written_at: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _key_of(rows: list[dict[str, Any]]) -> tuple[str, str, str]:
+    r = rows[0] if rows else {}
+    return (str(r.get("model") or ""), str(r.get("checkpoint") or ""), str(r.get("task") or ""))
 
 
 def _clean(v: Any) -> Any:
@@ -50,17 +81,57 @@ class UnitStore:
     def path(self, uid: str) -> Path:
         return self.units / f"{uid}.json"
 
-    def status(self) -> dict[str, str]:
-        """unit id -> 'ok' | 'failed' for every readable unit file."""
-        out: dict[str, str] = {}
+    def read(self, warn: bool = False) -> list[UnitFile]:
+        """Every readable unit file. An unreadable one (truncated by a full disk, edited by hand) is
+        left out, so its unit runs again; with `warn`, each is named in a warning."""
+        out: list[UnitFile] = []
         if not self.units.is_dir():
             return out
-        for f in self.units.glob("*.json"):
+        for f in sorted(self.units.glob("*.json")):
             try:
-                out[f.stem] = json.loads(f.read_text()).get("status", "failed")
-            except (OSError, json.JSONDecodeError):
+                payload = json.loads(f.read_text())
+                rows = payload["rows"]
+                written = float(payload.get("written_at") or f.stat().st_mtime)
+                out.append(UnitFile(f.stem, f, payload.get("status", "failed"), _key_of(rows), written, rows))
+            except FileNotFoundError:  # replaced or removed meanwhile
                 continue
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                if warn:
+                    log.warning("evalkit: warning: %s: unreadable unit file (%s: %s); left out of the table, "
+                                "and computed again by the next `evalkit run`", f, type(e).__name__, e)
         return out
+
+    def status(self) -> dict[str, str]:
+        """unit id -> 'ok' | 'failed' for every readable unit file."""
+        self._index = self.read()
+        return {u.uid: u.status for u in self._index}
+
+    def reinstate(self, uids: Any) -> int:
+        """Make these finished units current again where another unit of their (checkpoint, task)
+        was written later (a run asked for them again, e.g. back to fp32 after an amp run)."""
+        index = getattr(self, "_index", None) or self.read()
+        latest: dict[tuple[str, str, str], float] = {}
+        for u in index:
+            latest[u.key] = max(latest.get(u.key, 0.0), u.written_at)
+        by_uid = {u.uid: u for u in index}
+        n = 0
+        for uid in uids:
+            u = by_uid.get(uid)
+            if u is None or latest[u.key] <= u.written_at:
+                continue
+            payload = json.loads(u.path.read_text())
+            payload["written_at"] = time.time()
+            atomic_write_bytes(u.path, json.dumps(payload, indent=1, default=str).encode())
+            n += 1
+        return n
+
+    def write_task(self, spec: Any) -> Path:
+        """The resolved config behind a task hash, stored once as `<out>/tasks/<hash>.json`."""
+        path = self.out / "tasks" / f"{spec.hash}.json"
+        if not path.exists():
+            atomic_write_text(path, json.dumps({"task_hash": spec.hash, "source": spec.source, **spec.config()},
+                                               indent=1, default=str))
+        return path
 
     def snapshot(self) -> set[tuple[str, int, int]]:
         """(name, mtime ns, size) of every unit file: changes whenever a unit is added or rewritten."""
@@ -78,7 +149,8 @@ class UnitStore:
         return {u for u, s in self.status().items() if s == "ok"}
 
     def write(self, uid: str, rows: list[dict[str, Any]], status: str, error: str = "") -> None:
-        payload = {"unit_id": uid, "status": status, "error": error, "rows": [{k: _clean(v) for k, v in r.items()} for r in rows]}
+        payload = {"unit_id": uid, "status": status, "error": error, "written_at": time.time(),
+                   "rows": [{k: _clean(v) for k, v in r.items()} for r in rows]}
         path = atomic_write_bytes(self.path(uid), json.dumps(payload, indent=1, default=str).encode())
         # Durable against a killed process already (the rename is atomic and the page cache outlives
         # it); the fsync for an OS crash runs in the background instead of stalling the grid 10-100 ms
@@ -97,16 +169,20 @@ class UnitStore:
     def write_samples(self, uid: str, frame: Any) -> Path:
         return atomic_write(self.samples / f"{uid}.parquet", lambda p: frame.to_parquet(p, index=False))
 
+    def current(self, warn: bool = True) -> tuple[list[UnitFile], list[UnitFile]]:
+        """(current, superseded) units: per (checkpoint, task) the one written last is current."""
+        latest: dict[tuple[str, str, str], UnitFile] = {}
+        units = self.read(warn=warn)
+        for u in units:
+            best = latest.get(u.key)
+            if best is None or (u.written_at, u.uid) > (best.written_at, best.uid):
+                latest[u.key] = u
+        keep = {id(u) for u in latest.values()}
+        return [u for u in units if id(u) in keep], [u for u in units if id(u) not in keep]
+
     def rows(self) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        if not self.units.is_dir():
-            return rows
-        for f in sorted(self.units.glob("*.json")):
-            try:
-                rows += json.loads(f.read_text())["rows"]
-            except (OSError, json.JSONDecodeError, KeyError):
-                continue
-        return rows
+        """Rows of the current units."""
+        return [r for u in self.current()[0] for r in u.rows]
 
 
 def to_frame(rows: list[dict[str, Any]]):
@@ -131,11 +207,39 @@ def collect(out: str | Path, attempts: int = 20):
     for _ in range(attempts):
         before = store.snapshot()
         frame = to_frame(store.rows())
-        atomic_write(Path(out) / "results.parquet", lambda p, f=frame: f.to_parquet(p, index=False))
-        atomic_write(Path(out) / "results.csv", lambda p, f=frame: f.to_csv(p, index=False))
+        for name, write in (("results.parquet", lambda p, f=frame: f.to_parquet(p, index=False)),
+                            ("results.csv", lambda p, f=frame: f.to_csv(p, index=False))):
+            target = Path(out) / name
+            try:
+                atomic_write(target, write)
+            except OSError as e:
+                n = len(before)
+                raise ResultsWriteError(
+                    f"{target}: cannot write the results table ({os.strerror(e.errno) if e.errno else e}); the {n} "
+                    f"unit files in {store.units} are intact. Free space or fix permissions, then run "
+                    f"`evalkit collect {out}`.") from None
         if store.snapshot() == before:
             break
     return frame
+
+
+def superseded(out: str | Path):
+    """Unit files kept on disk but not in the table: older results of a (checkpoint, task) whose
+    task changed (another hash) or that was run again in another precision."""
+    import pandas as pd
+
+    current, old = UnitStore(out).current(warn=False)
+    now_of = {u.key: u for u in current}
+    cols = ["model", "checkpoint", "task", "task_hash", "precision", "status", "finished_at", "unit_file",
+            "current_task_hash", "current_precision"]
+    rows = []
+    for u in sorted(old, key=lambda u: (u.key, u.written_at)):
+        r, c = u.rows[0] if u.rows else {}, (now_of[u.key].rows[0] if now_of[u.key].rows else {})
+        rows.append({"model": u.key[0], "checkpoint": u.key[1], "task": u.key[2], "task_hash": r.get("task_hash"),
+                     "precision": r.get("precision"), "status": u.status, "finished_at": r.get("finished_at"),
+                     "unit_file": str(u.path), "current_task_hash": c.get("task_hash"),
+                     "current_precision": c.get("precision")})
+    return pd.DataFrame(rows, columns=cols)
 
 
 def read_table(path: str | Path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,9 +63,19 @@ def open_bytes(data: bytes) -> Image.Image:
 
 
 def fingerprint_files(paths: Sequence[str | Path], extra: str = "") -> str:
-    """A cheap identity of a file list: names, sizes and modification times."""
+    """A cheap identity of a file list: names, sizes and modification times.
+
+    Names are taken relative to the files' common folder, so the same data staged under another
+    mount point (a node-local copy on a cluster) keeps its identity, while an edited, added or
+    removed file changes it.
+    """
     h = hashlib.sha1(extra.encode())
-    for p in paths:
-        st = Path(p).stat()
-        h.update(f"{p}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
+    strs = [os.fspath(p) for p in paths]
+    try:
+        base = os.path.commonpath([os.path.dirname(p) for p in strs]) if strs else ""
+    except ValueError:  # absolute and relative names mixed: keep them as given
+        base = ""
+    for p in strs:
+        st = os.stat(p)
+        h.update(f"{os.path.relpath(p, base) if base else p}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
     return h.hexdigest()[:16]

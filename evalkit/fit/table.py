@@ -107,15 +107,15 @@ def _tidy_rows(df: pd.DataFrame, src: str, task: str, metric: str) -> pd.DataFra
                          f"{', '.join(TIDY_REQUIRED)} (full schema: {', '.join(TIDY_COLUMNS)})")
     if "status" in df.columns:
         df = df[df["status"].fillna("ok") == "ok"]
-    task_cols = [c for c in ("task", "dataset") if c in df.columns]
-    hit = np.zeros(len(df), dtype=bool)
-    for c in task_cols:
-        hit |= (df[c] == task).to_numpy()
+    # the task exactly: `ade20k` is not `ade20k@zero-shot`, though both have dataset ade20k
+    task_col = "task" if "task" in df.columns else "dataset"
+    hit = (df[task_col] == task).to_numpy()
     if not hit.any():
-        known = sorted({str(v) for c in task_cols for v in df[c].dropna().unique()})
+        known = sorted({str(v) for v in df[task_col].dropna().unique()})
         raise TableError(f"{src}: no rows for task {task!r}; tasks in this table: {', '.join(known)}. "
                          "Pass one of them with --task")
     df = df[hit]
+    _refuse_mixed_results(df, src, task)
     if not (df["metric"] == metric).any():
         known = sorted(map(str, df["metric"].dropna().unique()))
         raise TableError(f"{src}: no metric {metric!r} for task {task!r}; metrics there: {', '.join(known)}. "
@@ -123,6 +123,26 @@ def _tidy_rows(df: pd.DataFrame, src: str, task: str, metric: str) -> pd.DataFra
     out = df[df["metric"] == metric].copy()
     out["_value"] = out["value"].astype(float)
     return out
+
+
+def _refuse_mixed_results(df: pd.DataFrame, src: str, task: str) -> None:
+    """One (checkpoint, task) with two task hashes or precisions is two different results: a fit
+    would mix them. `evalkit collect` keeps only the current one; a hand-merged table may not."""
+    ident = [c for c in ("model", "checkpoint") if c in df.columns]
+    variant = [c for c in ("task_hash", "precision") if c in df.columns]
+    if not ident or not variant:
+        return
+    v = df[ident + variant].astype(str).drop_duplicates()
+    dup = v[v.duplicated(ident, keep=False)]
+    if dup.empty:
+        return
+    first = dup.groupby(ident, sort=True)
+    name, rows = next(iter(first))
+    shown = "; ".join(", ".join(f"{c}={r[c]}" for c in variant) for _, r in rows.iterrows())
+    raise TableError(f"{src}: task {task!r} has {first.ngroups} checkpoint(s) with more than one result, e.g. "
+                     f"{' '.join(map(str, name if isinstance(name, tuple) else (name,)))}: {shown}. Collect the "
+                     "folder again (`evalkit collect OUT` keeps the current one) or filter the table to one "
+                     "task_hash and precision")
 
 
 def _wide_rows(df: pd.DataFrame, src: str, task: str, metric: str) -> pd.DataFrame:

@@ -58,6 +58,10 @@ class TaskRunner:
 
         return open_classification(root, split=spec.split)
 
+    @classmethod
+    def validate(cls, spec: TaskSpec, source: ImageSource) -> None:
+        """Raise `DataError` when `source` cannot be `spec`'s data (the resolved spec: concrete class list)."""
+
     def prepare(self, lm: LoadedModel, ctx: RunContext) -> None:
         raise NotImplementedError
 
@@ -86,7 +90,11 @@ def open_task(spec: TaskSpec, root: Path | str) -> tuple[TaskSpec, ImageSource]:
     if spec.type not in PROTOCOLS:
         raise ValueError(f"task {spec.name} ({spec.source}): unknown type '{spec.type}' (known: {', '.join(sorted(PROTOCOLS))})")
     source = PROTOCOLS[spec.type].open_source(root, spec)
-    return spec.resolved(source.classnames, source.templates), source
+    # the data's identity joins the hash: other files (or edited ones) are another task, never a resume
+    data = {"fingerprint": source.fingerprint, "n_images": len(source), **source.meta.get("task_data", {})}
+    spec = spec.resolved(source.classnames, source.templates, data)
+    PROTOCOLS[spec.type].validate(spec, source)  # a wrong folder is an error, never a score
+    return spec, source
 
 
 def register_protocol(name: str) -> Callable[[type[TaskRunner]], type[TaskRunner]]:

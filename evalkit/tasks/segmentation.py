@@ -143,6 +143,10 @@ class Segmentation(TaskRunner):
             raise DataError(f"{source.name}: the data lists {len(source.classnames)} classes (objectInfo150.csv) "
                             f"but task {spec.name} has num_classes {n}: wrong data root for this task?")
         source.classnames = None  # the task file's classnames are the prompts; the data's only checked above
+        protocol, settings = protocol_options(spec)
+        if protocol == "linear":  # the probe's training images are part of what the number depends on
+            train = open_segmentation(root, split=str(settings["train_split"]))
+            source.meta["task_data"] = {"train_fingerprint": train.fingerprint, "train_images": len(train)}
         return source
 
     # --------------------------------------------------------------------------------- per checkpoint

@@ -29,19 +29,33 @@ class TaskSpec:
     main_metric: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    data: dict[str, Any] | None = None  # identity of the data it was resolved against (fingerprint, size)
 
-    def resolved(self, data_classnames: list[str] | None = None, data_templates: list[str] | None = None) -> TaskSpec:
-        """A copy with classnames and templates as concrete lists."""
+    def resolved(self, data_classnames: list[str] | None = None, data_templates: list[str] | None = None,
+                 data: dict[str, Any] | None = None) -> TaskSpec:
+        """A copy with classnames and templates as concrete lists and the data's identity recorded.
+
+        Its hash is the task's real identity: an edited `classnames.txt`, another open_clip template
+        list or changed data files give another hash, so a resumed run computes the unit again.
+        """
         return TaskSpec(
             name=self.name, type=self.type, dataset=self.dataset, split=self.split,
             classnames=_resolve_list(self.classnames, data_classnames, self, "classnames"),
             templates=_resolve_list(self.templates, data_templates, self, "templates"),
             metrics=list(self.metrics), main_metric=self.main_metric, options=dict(self.options), source=self.source,
+            data=dict(data) if data is not None else None,
         )
 
+    @property
+    def is_resolved(self) -> bool:
+        return self.data is not None
+
     def config(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("name", "type", "dataset", "split", "classnames", "templates",
-                                               "metrics", "main_metric", "options")}
+        keys = ("name", "type", "dataset", "split", "classnames", "templates", "metrics", "main_metric", "options")
+        cfg = {k: getattr(self, k) for k in keys}
+        if self.data is not None:
+            cfg["data"] = self.data
+        return cfg
 
     @property
     def hash(self) -> str:
