@@ -211,12 +211,35 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=cmd_cache)
     try:
         from evalkit.fit.command import add_fit_parser, add_import_parser
-
+    except ImportError as e:
+        # evalkit's own module failing to import is a bug: never hide it. A third-party package
+        # missing from the install only disables `fit`/`import`, and they say what to install.
+        if (e.name or "evalkit").split(".")[0] == "evalkit":
+            raise
+        _add_unavailable(sub, ("fit", "import"), e)
+    else:
         add_fit_parser(sub)
         add_import_parser(sub)
-    except ImportError:
-        pass
     return p
+
+
+_PIP_NAMES = {"sklearn": "scikit-learn", "yaml": "pyyaml", "PIL": "pillow", "skimage": "scikit-image"}
+
+
+def _add_unavailable(sub, commands: tuple[str, ...], error: ImportError) -> None:
+    """Subcommands that can't load: each fails with the import error and the package to install."""
+    top = (error.name or "").split(".")[0]
+    msg = (f"the module evalkit.fit.command could not be imported ({type(error).__name__}: {error}); "
+           f"install the missing package: pip install {_PIP_NAMES.get(top, top)}")
+
+    def fail(args: argparse.Namespace) -> int:
+        print(f"evalkit {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+    for name in commands:
+        q = sub.add_parser(name, help=f"(unavailable: {top} is not installed)", add_help=False)
+        q.add_argument("rest", nargs=argparse.REMAINDER)
+        q.set_defaults(func=fail)
 
 
 def main(argv: list[str] | None = None) -> int:
