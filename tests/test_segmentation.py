@@ -164,9 +164,24 @@ def test_bad_annotation_fails_the_unit_with_the_file_named(small_ade, tmp_path):
     Image.open(victim).resize((32, 32), Image.NEAREST).save(victim)
     ckpt = tmp_path / "rand.pt"
     torch.save(tiny_clip(TINY_S, seed=1).state_dict(), ckpt)
+    # zero-shot: this copy has no training split, which the linear probe needs before it starts
+    table = evalkit.evaluate(ModelSpec(model=str(TINY_S), pretrained=str(ckpt)), ["shapes_ade20k@zero-shot"],
+                             data_root=str(small_ade), out=tmp_path / "out", device="cpu", cache_dir=None)
+    assert (table.status == "failed").all() and victim.name in table.error.iloc[0]
+
+
+def test_linear_probe_without_training_split_fails_before_any_work(small_ade, tmp_path):
+    """The probe's training images are part of the task's identity, so they are opened (and found
+    missing) when the task is resolved, naming the folder."""
+    import evalkit
+    from evalkit.models.spec import ModelSpec
+
+    ckpt = tmp_path / "rand.pt"
+    torch.save(tiny_clip(TINY_S, seed=1).state_dict(), ckpt)
     table = evalkit.evaluate(ModelSpec(model=str(TINY_S), pretrained=str(ckpt)), ["shapes_ade20k"], data_root=str(small_ade),
                              out=tmp_path / "out", device="cpu", cache_dir=None)
-    assert (table.status == "failed").all() and victim.name in table.error.iloc[0]
+    assert (table.status == "failed").all()
+    assert "no split folder training" in table.error.iloc[0] and str(small_ade) in table.error.iloc[0]
 
 
 def test_task_files_declare_protocols_and_classes():
