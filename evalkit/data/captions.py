@@ -211,8 +211,31 @@ def open_retrieval(root: Path | str, split: str = "test", wds_split: str = "test
         if is_wds(root, s):
             kind = dataset_type(root)
             if kind != "retrieval":
-                raise DataError(f"{root / 'dataset_type.txt'}: says '{kind}', but this task needs a retrieval folder.")
+                said = (f"{root / 'dataset_type.txt'}: says '{kind}'" if (root / "dataset_type.txt").is_file()
+                        else f"{root}: no dataset_type.txt, so a '{kind}' webdataset (clip_benchmark's default)")
+                raise DataError(f"{said}, but this task needs a retrieval folder: dataset_type.txt = retrieval and "
+                                "<key>.txt captions (one per line) next to each image.")
             return check_captions(read_wds(root, s))
     if is_hf_folder(root):
         return check_captions(read_hf(str(root), split, kind="retrieval"))
+    missing = _missing_annotation(root, split)
+    if missing:
+        raise DataError(missing)
     raise DataError(f"{root}: unrecognised layout for split '{split}'. Expected {RETRIEVAL_LAYOUTS}.")
+
+
+def _missing_annotation(root: Path, split: str) -> str | None:
+    """A message for a COCO or Flickr image folder whose annotation file for `split` is not there."""
+    others = sorted(p.name for p in root.glob("*_karpathy.*") if p.is_file())
+    found = f" (annotation files here: {', '.join(others)}; is --data-root or the task's split wrong?)" if others else ""
+    image_dir = coco_image_dir(root, split)
+    if image_dir.is_dir():
+        return (f"{root}: has {image_dir.name}/ but no coco_{split}_karpathy.json{found}. clip_benchmark's COCO layout "
+                f"needs both: <root>/coco_{split}_karpathy.json (COCO-captions JSON: 'images' with file_name, "
+                f"'annotations' with captions) and the images in <root>/{image_dir.name}/.")
+    n_jpg = sum(1 for p in root.iterdir() if p.suffix.lower() == ".jpg" and p.is_file())
+    if n_jpg:
+        return (f"{root}: {n_jpg} .jpg images but no {FLICKR_NAMES[0]}_{split}_karpathy.txt (or "
+                f"{FLICKR_NAMES[1]}_{split}_karpathy.txt){found}. clip_benchmark's Flickr layout needs it next to "
+                "the images: a header line, then IMAGE.jpg,CAPTION lines.")
+    return None

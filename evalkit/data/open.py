@@ -7,7 +7,7 @@ from pathlib import Path
 from evalkit.data.folder import is_image_folder, read_image_folder
 from evalkit.data.hf import is_hf_folder, read_hf
 from evalkit.data.sources import DataError, ImageSource
-from evalkit.data.wds import is_wds, read_wds
+from evalkit.data.wds import dataset_type, is_wds, read_wds
 
 CLASSIFICATION_LAYOUTS = (
     "the ImageNet val layout (<root>/val/<wnid>/*.JPEG), a clip_benchmark webdataset folder "
@@ -24,6 +24,10 @@ def open_classification(root: Path | str, split: str = "val", wds_split: str = "
     if not root.exists():
         raise DataError(f"{root}: data root does not exist. Expected {CLASSIFICATION_LAYOUTS}.")
     if is_wds(root, wds_split):
+        kind = dataset_type(root)
+        if kind != "classification":
+            raise DataError(f"{root / 'dataset_type.txt'}: says '{kind}', but this task needs a classification folder "
+                            f"(<key>.cls class ids, classnames.txt). Expected {CLASSIFICATION_LAYOUTS}.")
         return read_wds(root, wds_split)
     if is_hf_folder(root):
         return read_hf(str(root), split)

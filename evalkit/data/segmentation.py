@@ -71,15 +71,19 @@ def read_ade20k(root: Path, split: str = "validation") -> ImageSource:
     sub = next((s for s in _aliases(split) if (base / "images" / s).is_dir()), None)
     if sub is None:
         raise DataError(f"{base / 'images'}: no split folder {' or '.join(_aliases(split))}. Expected {ADE_LAYOUT}.")
-    images = sorted(p for p in (base / "images" / sub).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    image_dir, ann_dir = base / "images" / sub, base / "annotations" / sub
+    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not images:
-        raise DataError(f"{base / 'images' / sub}: no images ({', '.join(IMAGE_EXTS)}).")
-    masks = [base / "annotations" / sub / f"{p.stem}.png" for p in images]
+        raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_EXTS)}).")
+    if not ann_dir.is_dir():
+        raise DataError(f"{ann_dir}: folder missing, so the {len(images)} images in {image_dir} have no label PNGs. "
+                        f"Expected {ADE_LAYOUT}.")
+    masks = [ann_dir / f"{p.stem}.png" for p in images]
     missing = [(m, p) for m, p in zip(masks, images) if not m.is_file()]
     if missing:
         m, p = missing[0]
-        more = f" ({len(missing) - 1} more images lack one)" if len(missing) > 1 else ""
-        raise DataError(f"{m}: missing annotation for image {p}{more}. Every image needs its label PNG.")
+        raise DataError(f"{m}: missing annotation for image {p}; {len(missing)} of {len(images)} images in {image_dir} "
+                        f"lack their label PNG in {ann_dir}. Every image needs one: {ADE_LAYOUT}.")
     return ImageSource(
         name=str(base / "images" / sub),
         ids=[str(p) for p in images],
@@ -146,6 +150,12 @@ def open_segmentation(root: Path | str, split: str = "validation") -> ImageSourc
         return read_ade20k(root, split)
     if is_hf_folder(root):
         return read_hf_segmentation(str(root), split)
+    for base in (root, root / "ADEChallengeData2016"):
+        have = [d for d in ("images", "annotations") if (base / d).is_dir()]
+        if len(have) == 1:
+            lacking = "annotations" if have == ["images"] else "images"
+            raise DataError(f"{base}: has {have[0]}/ but no {lacking}/ folder. Expected {ADE_LAYOUT}: every "
+                            "images/<split>/X.jpg needs its label map annotations/<split>/X.png.")
     raise DataError(f"{root}: unrecognised layout. Expected {ADE_LAYOUT} or a Hugging Face datasets folder "
                     "(save_to_disk or parquet) with image and annotation columns.")
 

@@ -54,6 +54,25 @@ def _read(tar_path: Path, span: tuple[int, int]) -> bytes:
         return f.read(span[1])
 
 
+def _incomplete(root: Path, shard: Path, key: str, parts: dict, kind: str, label_ext: str, no_image: bool) -> str:
+    """What a sample lacks, what it has, and the layout its folder's dataset_type.txt promises."""
+    has = ", ".join(f"{key}.{e}" for e in parts)
+    if no_image:
+        what = f"no image ({', '.join(f'.{e}' for e in IMAGE_KEYS)})"
+    elif kind == "retrieval":
+        what = "no .txt captions"
+    else:
+        what = "no .cls class id"
+    promise = (f"{root / 'dataset_type.txt'} says '{kind}'" if (root / "dataset_type.txt").is_file()
+               else f"{root} has no dataset_type.txt, so it is read as '{kind}'")
+    layout = ("<key>.txt (captions, one per line)" if kind == "retrieval" else "<key>.cls (the class index)")
+    other = {"retrieval": "cls", "classification": "txt"}.get(kind)
+    mixup = (f" The sample has a .{other} instead: is this a "
+             f"{'classification' if other == 'cls' else 'retrieval'} folder?") if other in parts and not no_image else ""
+    return (f"{shard}: sample '{key}' has {what} (it has {has}). {promise}: every sample needs an image and "
+            f"{layout}, in clip_benchmark's webdataset layout.{mixup}")
+
+
 def read_wds(root: Path, split: str = "test") -> ImageSource:
     """All samples of a wds split. Targets: class ids, or caption lists for retrieval folders."""
     nfile = root / split / "nshards.txt"
@@ -74,7 +93,7 @@ def read_wds(root: Path, split: str = "test") -> ImageSource:
         for key, parts in _index_shard(shard).items():
             img_ext = next((e for e in IMAGE_KEYS if e in parts), None)
             if img_ext is None or label_ext not in parts:
-                raise DataError(f"{shard}: sample '{key}' lacks an image ({'/'.join(IMAGE_KEYS)}) or its .{label_ext}.")
+                raise DataError(_incomplete(root, shard, key, parts, kind, label_ext, img_ext is None))
             label = _read(shard, parts[label_ext]).decode("utf-8")
             if kind == "retrieval":
                 targets.append(label.splitlines())

@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import torch
 
-from evalkit.data.sources import ImageSource
+from evalkit.data.sources import DataError, ImageSource
 from evalkit.models.family import LoadedModel
 from evalkit.tasks.base import RunContext, TaskResult, TaskRunner, register_protocol
 from evalkit.tasks.spec import TaskSpec
 from evalkit.tasks.text import encode_texts
 
 RECALL_K = (1, 5, 10)
+# clip_benchmark's local layouts of its retrieval datasets: a folder in the other layout is other data
+LOCAL_LAYOUT = {"mscoco_captions": "coco", "flickr30k": "flickr", "flickr8k": "flickr"}
+LAYOUT_FILES = {"coco": "coco_{split}_karpathy.json + val2014/", "flickr": "{dataset}_{split}_karpathy.txt + its images"}
 DEFAULT_BLOCK_MB = 64
 _METRIC = re.compile(r"^(image|text)_retrieval_recall@(\d+)$")
 
@@ -129,6 +133,24 @@ class ZeroShotRetrieval(TaskRunner):
         from evalkit.data.captions import open_retrieval
 
         return open_retrieval(root, split=spec.split, annotation=spec.options.get("annotation_file"))
+
+    @classmethod
+    def validate(cls, spec: TaskSpec, source: ImageSource) -> None:
+        """clip_benchmark's datasets in their local layout: the folder's layout (and Flickr annotation file) must
+        be the task dataset's, or e.g. `mscoco_captions` would score a Flickr folder."""
+        want, fmt = LOCAL_LAYOUT.get(spec.dataset), source.meta.get("format")
+        if want is None or fmt not in LAYOUT_FILES:
+            return
+        ann = Path(str(source.meta.get("annotation", "")))
+        expected = LAYOUT_FILES[want].format(split=spec.split, dataset=spec.dataset)
+        fix = f"Point --data-root at the {spec.dataset} folder ({expected})."
+        if fmt != want:
+            raise DataError(f"{source.name}: a {fmt.upper() if fmt == 'coco' else fmt.capitalize()} folder ({ann.name}), "
+                            f"but task {spec.name} ({spec.source}) is {spec.dataset}. {fix}")
+        if (want == "flickr" and "annotation_file" not in spec.options
+                and ann.name.split("_", 1)[0] in LOCAL_LAYOUT and not ann.name.startswith(f"{spec.dataset}_")):
+            raise DataError(f"{source.name}: its annotation file is {ann.name}, but task {spec.name} ({spec.source}) "
+                            f"is {spec.dataset}. {fix}")
 
     def prepare(self, lm: LoadedModel, ctx: RunContext) -> None:
         captions = list(self.source.targets)
