@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 
@@ -18,6 +19,12 @@ def _shard(value: str) -> tuple[int, int]:
     return i, n
 
 
+def _device(value: str) -> str:
+    if value == "cpu" or re.fullmatch(r"cuda(:\d+)?", value):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: expected cpu, cuda or cuda:N")
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("what to evaluate")
     src.add_argument("--model", help="zoo name, open_clip/evalkit arch, hf-hub:ORG/REPO, local-dir:DIR or config JSON")
@@ -29,7 +36,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", required=True, help="comma-separated task names (`evalkit tasks`) or wds/NAME")
     p.add_argument("--data-root", help="dataset folder, or a template with {dataset}")
     p.add_argument("--out", default="results", help="results folder (default: results/)")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: cuda:<local rank> when a GPU "
+                   "is usable; asking for cuda where none is usable is an error)")
     p.add_argument("--precision", choices=["fp32", "amp_bf16", "amp_fp16"],
                    help="default: amp_bf16 on cuda, fp32 on cpu (amp_fp16 = clip_benchmark's --amp on cuda); "
                         "parity with clip_benchmark is exact in fp32")
@@ -92,11 +100,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     specs = _specs(args)
     tasks = [get_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
-    slurm = {k: v for k, v in {"slurm_partition": args.partition, "gpus_per_node": args.gpus_per_shard,
+    slurm = {k: v for k, v in {"slurm_partition": args.partition, "slurm_gpus_per_task": args.gpus_per_shard,
                                 "cpus_per_task": args.cpus_per_shard, "timeout_min": args.timeout_min,
                                 "slurm_account": args.account}.items() if v is not None}
     folder = args.log_folder or f"{args.out}/slurm"
-    jobs = submit(specs, tasks, _run_options(args), args.shards, folder, cluster=args.cluster, slurm=slurm, wait=args.wait)
+    options = {**_run_options(args), "gpus_requested": bool(args.gpus_per_shard)}
+    jobs = submit(specs, tasks, options, args.shards, folder, cluster=args.cluster, slurm=slurm, wait=args.wait)
     print(f"submitted {len(jobs)} array tasks ({jobs[0].job_id.split('_')[0] if jobs else '-'}); logs in {folder}")
     if args.wait:
         from evalkit.results import collect

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -55,6 +56,7 @@ class RunOptions:
     num_workers: int | None = None
     shard: tuple[int, int] | None = None
     progress: bool | None = None
+    gpus_requested: bool = False  # the job was given GPUs (submit --gpus-per-shard): no CUDA is an error
 
 
 @dataclass
@@ -73,8 +75,95 @@ class TaskData:
     error: str = ""
 
 
+class DeviceError(RuntimeError):
+    """A device that was asked for and cannot be used; one line naming the cause."""
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _gpus_in_environment() -> str | None:
+    """The variable that says this process was given GPUs, if any."""
+    for var in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
+        value = os.environ.get(var, "").strip()
+        if value and value not in ("-1", "NoDevFiles"):
+            return f"{var}={value}"
+    return None
+
+
+def _why_no_cuda() -> str:
+    try:
+        torch.cuda.init()
+    except Exception as e:  # torch says why: no driver, driver too old for this build, no device
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return "no CUDA device visible"
+
+
+def local_rank() -> int | None:
+    """This process's rank on its node (torchrun's LOCAL_RANK, srun's SLURM_LOCALID)."""
+    for var in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+_CPU_WARNED = False
+
+
+def resolve_device(requested: str | None = None, gpus_requested: bool = False) -> torch.device:
+    """The device to run on, decided once before any work.
+
+    `cuda` (or nothing, on a machine with GPUs) is `cuda:<local rank>`, so the ranks of one node
+    (torchrun, `srun --ntasks-per-node=4`) each take their own GPU; with one visible GPU per rank
+    (`--gpus-per-task=1`) it is `cuda:0`. When GPUs were asked for (`--device cuda[:N]`,
+    `--gpus-per-shard`, or a job with CUDA_VISIBLE_DEVICES/SLURM_JOB_GPUS set) and CUDA is unusable,
+    that is an error naming the cause, never a silent fp32 run on the CPU.
+    """
+    global _CPU_WARNED
+    if requested is not None and requested != "cpu" and not re.fullmatch(r"cuda(:\d+)?", requested):
+        raise DeviceError(f"--device {requested}: expected cpu, cuda or cuda:N")
+    if requested == "cpu":
+        return torch.device("cpu")
+    asked = (f"--device {requested}" if requested else None) or ("--gpus-per-shard" if gpus_requested else None) \
+        or _gpus_in_environment()
+    if not torch.cuda.is_available():
+        reason = _why_no_cuda()
+        if asked:
+            raise DeviceError(
+                f"CUDA was asked for ({asked}) but torch cannot use it: {reason} (torch {torch.__version__}, "
+                f"built for CUDA {torch.version.cuda or 'none: a CPU build'}; CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}). Check the driver and the job's GPU "
+                "binding, or pass --device cpu.")
+        if not _CPU_WARNED:
+            _CPU_WARNED = True
+            log.warning("evalkit: warning: no usable GPU (%s); running on the CPU in fp32 (--device cpu "
+                        "silences this)", reason)
+        return torch.device("cpu")
+    n = torch.cuda.device_count()
+    if requested and ":" in requested:
+        index = int(requested.split(":")[1])
+        if index >= n:
+            raise DeviceError(f"--device {requested}: only {n} CUDA device(s) visible "
+                              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')})")
+        return torch.device("cuda", index)
+    rank = local_rank()
+    if rank is None or n == 1:
+        return torch.device("cuda", 0)
+    if rank >= n:
+        log.warning("evalkit: warning: local rank %d but %d GPUs visible: using cuda:%d, shared with "
+                    "another rank", rank, n, rank % n)
+    return torch.device("cuda", rank % n)
+
+
+def configure_precision(device: torch.device, precision: str) -> None:
+    """fp32 means fp32: no TF32 matmuls or convolutions (CUDA's default for cuDNN, and a global
+    setting other code may have switched on)."""
+    if precision == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
 
 
 def default_precision(device: str) -> str:
@@ -186,6 +275,21 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
+def _to_device(batch: torch.Tensor, device: torch.device, copy_stream: torch.cuda.Stream | None) -> torch.Tensor:
+    """The next pinned uint8 batch on the device, copied on a side stream: the copy overlaps the
+    previous batch's forward, and the compute stream waits on an event, never the host."""
+    if copy_stream is None:
+        return batch.to(device)
+    compute = torch.cuda.current_stream(device)
+    with torch.cuda.stream(copy_stream):
+        images = batch.to(device, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(copy_stream)
+    compute.wait_event(done)
+    images.record_stream(compute)  # allocated on the copy stream, used on the compute stream
+    return images
+
+
 @torch.no_grad()
 def _run_dataset(lm: LoadedModel, source: ImageSource, runners: list[TaskRunner], ctx: RunContext,
                  opts: RunOptions) -> None:
@@ -194,8 +298,10 @@ def _run_dataset(lm: LoadedModel, source: ImageSource, runners: list[TaskRunner]
                             num_workers=opts.num_workers, progress=bool(opts.progress))
     needs = {r.needs for r in runners}
     cuda = ctx.device.type == "cuda"
+    copy_stream = torch.cuda.Stream(ctx.device) if cuda else None
     for start, stop, batch in host_batches(pixels, opts.batch_size, pin=cuda):
-        images = normalize(batch.to(ctx.device, non_blocking=True), lm.preprocess)
+        images = _to_device(batch, ctx.device, copy_stream)
+        images = normalize(images, lm.preprocess)
         index = torch.arange(start, stop)  # pinned on CUDA, so runners' copies to the device stay async
         if cuda:
             index = index.pin_memory()
@@ -255,8 +361,10 @@ def evaluate(models: list[ModelSpec | str] | ModelSpec | str, tasks: list[str] |
 
 def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) -> dict[str, int]:
     """Run the pending units of this shard; return counts of ok / failed / skipped units."""
-    device = torch.device(opts.device or default_device())
+    device = resolve_device(opts.device, opts.gpus_requested)
     precision = opts.precision or default_precision(device.type)
+    _autocast(device, precision)  # an unknown precision fails here, before any work
+    configure_precision(device, precision)
     if opts.progress is None:
         opts.progress = sys.stderr.isatty()
     ctx = RunContext(device=device, autocast=_autocast(device, precision), text_batch_size=opts.text_batch_size,
@@ -279,71 +387,96 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
     by_ckpt: dict[str, list[Unit]] = {}
     for u in pending:
         by_ckpt.setdefault(u.spec.key, []).append(u)
-    progress = Progress(len(pending), bar=bool(opts.progress))
+    sh = _Shared(store, ctx, opts, opened, common, counts, Progress(len(pending), bar=bool(opts.progress)))
     groups = list(by_ckpt.values())
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evalkit-prefetch")
     built: dict = {}  # the last built module, reused for the next checkpoint of the same architecture
     prefetched = _prefetch(reader, groups[0][0].spec) if groups else None
     for gi, ckpt_units in enumerate(groups):
-        spec = ckpt_units[0].spec
-        t0 = time.time()
         current, prefetched = prefetched, (_prefetch(reader, groups[gi + 1][0].spec) if gi + 1 < len(groups) else None)
-        try:
-            state = current.result() if current is not None else None
-            lm = load_model(spec, device=device, state=state, reuse=built)
-            del state
-            gflops = _gflops(lm, spec)
-            extra = {"gflops_per_sample": gflops,
-                     "gflops_total": gflops * spec.samples_seen if gflops and spec.samples_seen else None}
-        except Exception as e:  # one bad checkpoint never stops the grid
-            err = f"{type(e).__name__}: {e}"
-            for u in ckpt_units:
-                store.write(u.uid, _rows(u, None, None, "failed", err, common, time.time() - t0), "failed", err)
-                counts["failed"] += 1
-                progress.unit(f"{spec.name} x {u.task.name}: FAILED ({err})")
-            continue
-        load_s = time.time() - t0
-        by_source: dict[str, list[tuple[Unit, TaskData]]] = {}
-        for u in ckpt_units:
-            td = opened[u.task.name]
-            by_source.setdefault(td.source.name if td.source else f"!{u.task.name}", []).append((u, td))
-        for group in by_source.values():
-            t1 = time.time()
-            live: list[tuple[Unit, TaskData, TaskRunner]] = []
-            for u, td in group:
-                try:
-                    if td.source is None:
-                        raise DataError(td.error)
-                    runner = PROTOCOLS[td.spec.type](td.spec, td.source)
-                    runner.prepare(lm, ctx)
-                    live.append((u, td, runner))
-                except Exception as e:
-                    _fail(store, u, lm, e, common, time.time() - t1, counts, progress)
-            if not live:
-                continue
-            try:
-                _run_dataset(lm, live[0][1].source, [r for _, _, r in live], ctx, opts)
-            except Exception as e:
-                for u, _, _ in live:
-                    _fail(store, u, lm, e, common, time.time() - t1, counts, progress)
-                continue
-            share = (time.time() - t1) / len(live) + load_s / len(ckpt_units)
-            for u, td, runner in live:
-                try:
-                    result = runner.result(log_samples=opts.log_samples)
-                    if opts.log_samples and result.samples is not None:
-                        store.write_samples(u.uid, result.samples)
-                    store.write(u.uid, _rows(u, lm, result, "ok", "", {**common, **extra}, share), "ok")
-                    counts["ok"] += 1
-                    main = td.spec.main_metric or next(iter(result.metrics))
-                    progress.unit(f"{spec.name} x {u.task.name}: {main}={result.metrics.get(main, float('nan')):.4f}")
-                except Exception as e:
-                    _fail(store, u, lm, e, common, share, counts, progress)
-        del lm
+        # everything of this checkpoint (model, classifiers, runners, results) lives in the call's frame
+        # and is released when it returns, before the next architecture is built
+        _evaluate_checkpoint(sh, ckpt_units, current, built)
+        del current
     reader.shutdown(wait=True)
     store.flush()
-    progress.close()
+    sh.progress.close()
     return counts
+
+
+@dataclass
+class _Shared:
+    """What every checkpoint of one run shares."""
+
+    store: UnitStore
+    ctx: RunContext
+    opts: RunOptions
+    opened: dict[str, TaskData]
+    common: dict[str, Any]
+    counts: dict[str, int]
+    progress: Progress
+
+
+def _load(spec: ModelSpec, state_future: Future | None, device: torch.device, built: dict) -> LoadedModel:
+    state = state_future.result() if state_future is not None else None
+    return load_model(spec, device=device, state=state, reuse=built)
+
+
+def _evaluate_checkpoint(sh: _Shared, ckpt_units: list[Unit], state_future: Future | None, built: dict) -> None:
+    """Every pending unit of one checkpoint: load once, one image pass per dataset, write each unit."""
+    store, ctx, opts, common, counts, progress = sh.store, sh.ctx, sh.opts, sh.common, sh.counts, sh.progress
+    spec = ckpt_units[0].spec
+    t0 = time.time()
+    try:
+        lm = _load(spec, state_future, ctx.device, built)  # the state dict dies with _load's frame
+        del state_future
+        gflops = _gflops(lm, spec)
+        extra = {"gflops_per_sample": gflops,
+                 "gflops_total": gflops * spec.samples_seen if gflops and spec.samples_seen else None}
+    except Exception as e:  # one bad checkpoint never stops the grid
+        err = f"{type(e).__name__}: {e}"
+        for u in ckpt_units:
+            store.write(u.uid, _rows(u, None, None, "failed", err, common, time.time() - t0), "failed", err)
+            counts["failed"] += 1
+            progress.unit(f"{spec.name} x {u.task.name}: FAILED ({err})")
+        return
+    load_s = time.time() - t0
+    by_source: dict[str, list[tuple[Unit, TaskData]]] = {}
+    for u in ckpt_units:
+        td = sh.opened[u.task.name]
+        by_source.setdefault(td.source.name if td.source else f"!{u.task.name}", []).append((u, td))
+    for group in by_source.values():
+        t1 = time.time()
+        live: list[tuple[Unit, TaskData, TaskRunner]] = []
+        for u, td in group:
+            try:
+                if td.source is None:
+                    raise DataError(td.error)
+                runner = PROTOCOLS[td.spec.type](td.spec, td.source)
+                runner.prepare(lm, ctx)
+                live.append((u, td, runner))
+            except Exception as e:
+                _fail(store, u, lm, e, common, time.time() - t1, counts, progress)
+        if not live:
+            continue
+        try:
+            _run_dataset(lm, live[0][1].source, [r for _, _, r in live], ctx, opts)
+        except Exception as e:
+            for u, _, _ in live:
+                _fail(store, u, lm, e, common, time.time() - t1, counts, progress)
+            continue
+        share = (time.time() - t1) / len(live) + load_s / len(ckpt_units)
+        for u, td, runner in live:
+            try:
+                result = runner.result(log_samples=opts.log_samples)
+                if opts.log_samples and result.samples is not None:
+                    store.write_samples(u.uid, result.samples)
+                store.write(u.uid, _rows(u, lm, result, "ok", "", {**common, **extra}, share), "ok")
+                counts["ok"] += 1
+                main = td.spec.main_metric or next(iter(result.metrics))
+                progress.unit(f"{spec.name} x {u.task.name}: {main}={result.metrics.get(main, float('nan')):.4f}")
+            except Exception as e:
+                _fail(store, u, lm, e, common, share, counts, progress)
 
 
 def _prefetch(pool: ThreadPoolExecutor, spec: ModelSpec) -> Future | None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 def is_user_error(e: BaseException) -> bool:
     from evalkit.data.sources import DataError
+    from evalkit.engine import DeviceError
     from evalkit.models.checkpoint import CheckpointError
     from evalkit.models.configs import ModelNotFound
     from evalkit.models.hub import HubUnavailable
     from evalkit.results import ResultsWriteError
     from evalkit.tasks.spec import TaskError
 
-    return isinstance(e, (DataError, CheckpointError, ModelNotFound, HubUnavailable, TaskError, ResultsWriteError, FileNotFoundError, ValueError))
+    return isinstance(e, (DataError, CheckpointError, ModelNotFound, HubUnavailable, TaskError, ResultsWriteError, DeviceError, FileNotFoundError, ValueError))

@@ -114,6 +114,16 @@ def _tokenizer(family, name: str, cfg: dict[str, Any]):
     return _TOKENIZERS[key]
 
 
+def _release_memory(device: str | torch.device) -> None:
+    """Collect what the previous model left and hand its cached CUDA blocks back, so an
+    architecture change never holds two models on the device."""
+    import gc
+
+    gc.collect()
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load_model(spec: ModelSpec | str, pretrained: str | None = None, device: str | torch.device = "cpu",
                state: dict[str, torch.Tensor] | None = None, reuse: dict | None = None) -> LoadedModel:
     """Load any supported model source as a `LoadedModel` in eval mode on `device`.
@@ -141,10 +151,12 @@ def load_model(spec: ModelSpec | str, pretrained: str | None = None, device: str
     if reuse is not None and state is not None and key in reuse:
         model = reuse[key]
     else:
+        if reuse:  # another architecture: free the old module (host and device) before building this one
+            reuse.clear()
+            _release_memory(device)
         model = family.build(name, cfg)
         model.evalkit_arch = name  # type: ignore[attr-defined]
         if reuse is not None and state is not None:
-            reuse.clear()
             reuse[key] = model
     if state is not None:
         state = family.prepare_state_dict(model, state)
