@@ -5,13 +5,27 @@ files go through `torch.load(weights_only=True)` with the smallest allowlist tha
 training checkpoints need (numpy scalars and dtypes that old `scaler`/metadata entries carry,
 open_clip issue #998), and `.safetensors` through safetensors. Everything else is refused with a
 message that names the file.
+
+torch keeps the `weights_only` allowlist in one process-wide set, and `torch.serialization.safe_globals`
+adds to it on entry and removes on exit: two loads overlapping in threads (the prefetch thread reads the
+next checkpoint while another is read) would see the first to finish take the allowlist from under the
+other. So evalkit's loads share one registration, counted under a lock (`_training_checkpoint_globals`):
+the first load to start adds the globals torch does not already allow, the last to finish removes
+exactly those. Loads still run in parallel, evalkit adds nothing beyond these few numpy globals, and
+between evalkit loads other `torch.load` callers (open_clip's loader included) are as strict as before;
+while one runs, a concurrent foreign `torch.load` sees them too, as torch offers no per-call allowlist.
+(Registering once for the life of the process would also be thread-safe, but would widen every other
+weights_only load in the process for good.)
 """
 
 from __future__ import annotations
 
+import functools
 import pickle
+import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,7 +35,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read or does not fit the model; the message says what to do."""
 
 
-def _numpy_allowlist() -> list:
+@functools.cache
+def _numpy_allowlist() -> tuple:
     """The numpy globals that appear in real training checkpoints (scalars and their dtypes)."""
     import numpy as np
 
@@ -38,12 +53,43 @@ def _numpy_allowlist() -> list:
         for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType"):
             if hasattr(dtypes, name):
                 allowed.append(getattr(dtypes, name))
-    return allowed
+    return tuple(allowed)
+
+
+_allowlist_lock = threading.Lock()
+_allowlist_users = 0  # evalkit loads in progress, in all threads
+_allowlist_held: torch.serialization.safe_globals | None = None  # entered by the first of them
+
+
+@contextmanager
+def _training_checkpoint_globals() -> Iterator[None]:
+    """The numpy allowlist, registered while at least one evalkit load runs (see the module docstring).
+
+    One `safe_globals` context spans all overlapping loads: entered by the first to start, exited by
+    the last to finish. It holds only the globals torch did not allow already, so its exit never takes
+    away one the caller had registered.
+    """
+    global _allowlist_users, _allowlist_held
+    with _allowlist_lock:
+        if _allowlist_users == 0:
+            present = set(torch.serialization.get_safe_globals())
+            held = torch.serialization.safe_globals([g for g in _numpy_allowlist() if g not in present])
+            held.__enter__()
+            _allowlist_held = held
+        _allowlist_users += 1
+    try:
+        yield
+    finally:
+        with _allowlist_lock:
+            _allowlist_users -= 1
+            if _allowlist_users == 0 and _allowlist_held is not None:
+                held, _allowlist_held = _allowlist_held, None
+                held.__exit__(None, None, None)
 
 
 def _torch_load(path: Path) -> object:
     try:
-        with torch.serialization.safe_globals(_numpy_allowlist()):
+        with _training_checkpoint_globals():
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(

@@ -11,7 +11,9 @@ its code. What matters for evaluation, and what a careless port gets wrong:
 - the token embedding always has 49408 rows, and `text.text_projection` is the LM head
   (`width x vocab_size`), unused by zero-shot evaluation;
 - a cross-attention block follows self-attention layer `i` iff `i % cross_step == 0`; with
-  `has_mlp: false` the self-attention blocks at those layers have no MLP.
+  `has_mlp: false` the self-attention blocks at those layers have no MLP;
+- every norm returns its input's dtype (the fork's `LayerNorm`, not `nn.LayerNorm`), so under CUDA
+  autocast the vision residual stream stays in bf16/fp16 as the fork's does.
 
 The state dict has exactly the fork's keys and shapes, so its checkpoints load strictly.
 """
@@ -48,6 +50,21 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+class LayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` whose output has its input's dtype: the fork's norm (open_clip's `LayerNorm`).
+
+    It matters under autocast only. On CUDA, autocast computes layer_norm in float32 and returns float32,
+    so a plain `nn.LayerNorm` would turn the vision residual stream (bf16/fp16 from the patch conv) into
+    float32 at `ln_pre` and keep it there, while the fork's stays in the autocast dtype. The fork takes
+    `LayerNormFp32` instead only for weights cast to fp16/bf16 (open_clip's `bf16`/`fp16` precisions);
+    evalkit keeps float32 weights (fp32, amp_bf16, amp_fp16), where the fork uses this class everywhere.
+    Same parameters as `nn.LayerNorm`, so the state-dict keys do not change.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
+
+
 class Block(nn.Module):
     """Pre-LN residual block: `x + attn(ln_1(x)[, ln_1_kv(kv)])`, then `x + mlp(ln_2(x))` if it has one.
 
@@ -64,14 +81,14 @@ class Block(nn.Module):
         act: Callable[[], nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = LayerNorm(width)
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.ln_1_kv = nn.LayerNorm(width) if cross else None
-        self.ln_2: nn.LayerNorm | None = None
+        self.ln_1_kv = LayerNorm(width) if cross else None
+        self.ln_2: LayerNorm | None = None
         self.mlp: nn.Sequential | None = None
         if has_mlp:
             hidden = int(width * mlp_ratio)
-            self.ln_2 = nn.LayerNorm(width)
+            self.ln_2 = LayerNorm(width)
             self.mlp = nn.Sequential(
                 OrderedDict(c_fc=nn.Linear(width, hidden), gelu=act(), c_proj=nn.Linear(hidden, width))
             )
@@ -124,10 +141,10 @@ class VisionTower(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         n_pos = self.grid_size[0] * self.grid_size[1] + 1
         self.positional_embedding = nn.Parameter(scale * torch.randn(n_pos, width))
-        self.ln_pre = nn.LayerNorm(width)
+        self.ln_pre = LayerNorm(width)
         mlp_ratio = float(cfg.get("mlp_ratio", 4.0))
         self.transformer = _Stack([Block(width, heads, mlp_ratio, act=act) for _ in range(layers)])
-        self.ln_post = nn.LayerNorm(width)
+        self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
 
     def tokens(self, image: torch.Tensor) -> torch.Tensor:
@@ -182,7 +199,7 @@ class TextDecoder(nn.Module):
             [Block(width, heads, 4.0, has_mlp=has_mlp or i not in cross_at, act=act) for i in range(layers)]
         )
         self.cross_attn = nn.ModuleList([Block(width, heads, 4.0, cross=True, act=act) for _ in cross_at])
-        self.ln_final = nn.LayerNorm(width)
+        self.ln_final = LayerNorm(width)
         self.text_projection = nn.Parameter(torch.zeros(width, int(cfg.get("vocab_size", 49408))))
         self.token_embedding = nn.Embedding(TOKEN_EMBEDDING_ROWS, width)
         self.positional_embedding = nn.Parameter(torch.empty(self.context_length, width))
