@@ -370,6 +370,7 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
     ctx = RunContext(device=device, autocast=_autocast(device, precision), text_batch_size=opts.text_batch_size,
                      cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, num_workers=opts.num_workers)
     store = UnitStore(opts.out)
+    store.remove_stale_temps()  # leftovers of writers killed mid-write (this host: dead pids; others: old)
     opened = {td.spec.name: td for td in resolve_tasks(task_specs, opts.data_root)}
     for td in opened.values():
         if td.source is not None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evalkit.atomic import atomic_write, atomic_write_bytes, atomic_write_text, fsync_path
+from evalkit.atomic import atomic_write, atomic_write_bytes, atomic_write_text, fsync_path, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,10 @@ class UnitStore:
         self.units = self.out / "units"
         self.samples = self.out / "samples"
         self._syncer: ThreadPoolExecutor | None = None
+
+    def remove_stale_temps(self) -> list[Path]:
+        """Temp folders of dead writers in the results folder and its subfolders."""
+        return [p for d in (self.out, self.units, self.samples, self.out / "tasks") for p in remove_stale_temps(d)]
 
     def path(self, uid: str) -> Path:
         return self.units / f"{uid}.json"

@@ -235,3 +235,23 @@ def test_flops_failure_warns(ckpt, wds, tmp_path, monkeypatch, caplog):
     assert table.gflops_total.isna().all()
     assert "cannot count FLOPs" in caplog.text and "profiler exploded" in caplog.text
     assert ckpt.pretrained in caplog.text
+
+
+def test_run_removes_temp_folders_of_dead_writers(ckpt, wds, tmp_path):
+    """A writer killed mid-write leaves `.tmp-<host>-<pid>-<rand>/`; the next run clears it, while a
+    live writer's temp folder (this process) is left alone."""
+    import os
+    import subprocess
+
+    from evalkit.atomic import temp_dir_name
+
+    out = tmp_path / "out"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live_name = temp_dir_name()  # ours: alive
+    dead_name = live_name.replace(f"-{os.getpid()}-", f"-{dead.pid}-")
+    for name in (live_name, dead_name):
+        (out / "units" / name).mkdir(parents=True)
+        (out / "units" / name / "half.json").write_text("{")
+    _run(ckpt, ["wds/wds_shapes"], out, wds)
+    assert (out / "units" / live_name).is_dir() and not (out / "units" / dead_name).exists()
