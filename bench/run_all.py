@@ -16,7 +16,7 @@ def main() -> int:
     import torch
 
     if torch.cuda.is_available():
-        cmds.append(["bench_gpu.py"])
+        cmds.append(["bench_gpu.py", "--archs", "ViT-B-32,ViT-L-14,mammut_ViT-B-32", "--record"])
     rc = 0
     for cmd in cmds:
         print(f"== {' '.join(cmd)}", flush=True)

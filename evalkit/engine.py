@@ -365,6 +365,8 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
     precision = opts.precision or default_precision(device.type)
     _autocast(device, precision)  # an unknown precision fails here, before any work
     configure_precision(device, precision)
+    if device.type == "cuda":  # pinned buffers, streams and events then belong to this GPU, not cuda:0
+        torch.cuda.set_device(device)
     if opts.progress is None:
         opts.progress = sys.stderr.isatty()
     ctx = RunContext(device=device, autocast=_autocast(device, precision), text_batch_size=opts.text_batch_size,
