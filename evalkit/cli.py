@@ -218,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--match", help="rm: only entries whose name or source contains this")
     k.add_argument("--cache-dir")
     k.set_defaults(func=cmd_cache)
+    from evalkit.compare import add_compare_parser
+    from evalkit.export import add_export_parser
+
+    add_export_parser(sub)
+    add_compare_parser(sub)
     try:
         from evalkit.fit.command import add_fit_parser, add_import_parser
     except ImportError as e:
