@@ -30,9 +30,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     src.add_argument("--model", help="zoo name, open_clip/evalkit arch, hf-hub:ORG/REPO, local-dir:DIR or config JSON")
     src.add_argument("--pretrained", help="pretrained tag or weights file (with an architecture --model)")
     src.add_argument("--checkpoints", help="glob of checkpoint files, e.g. 'logs/*/checkpoints/epoch_*.pt'")
-    src.add_argument("--run-dir", help="folder holding open_clip runs (*/params.txt, */checkpoints/epoch_N.pt)")
+    src.add_argument("--run-dir", help="folder holding open_clip runs (*/params.txt, */checkpoints/epoch_N.pt) or the "
+                     "paper's grid (<full_name>/epoch_N.pt [+ cache/results.parquet], <run>/checkpoints/epoch_N.pt)")
     src.add_argument("--grid", help="a grid declared in checkpoints.yaml")
     src.add_argument("--family", help="force the model family (clip, mammut)")
+    src.add_argument("--where", help="select grid checkpoints, e.g. 'namespace=mammut,model_simple=ViT-B-32|ViT-S-32,"
+                     "pretrain_dataset=datacomp_1b,samples_seen_scale_pretty=1.28B,lr_scheduler=cosine' (several "
+                     "values per key separated by |)")
+    src.add_argument("--epochs", help="grid checkpoints to evaluate per run: all (default), last, or e.g. 1,5,10")
     p.add_argument("--tasks", required=True, help="comma-separated task names (`evalkit tasks`) or wds/NAME")
     p.add_argument("--data-root", help="dataset folder, or a template with {dataset}")
     p.add_argument("--out", default="results", help="results folder (default: results/)")
@@ -53,15 +58,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def _specs(args: argparse.Namespace):
     from evalkit.models import runs, zoo
 
-    kw = {"model": args.model, "family": args.family}
+    kw = {"model": args.model, "family": args.family, "where": args.where, "epochs": args.epochs}
     if args.checkpoints:
         return runs.specs_from_glob(args.checkpoints, **kw)
     if args.run_dir:
         return runs.specs_from_run_dir(args.run_dir, **kw)
     if args.grid:
-        return zoo.grid_specs(args.grid)
+        return runs.select_specs(zoo.grid_specs(args.grid), args.where, args.epochs)
     if not args.model:
         raise SystemExit("evalkit run: give --model, --checkpoints, --run-dir or --grid")
+    if args.where or args.epochs:
+        raise SystemExit("evalkit run: --where/--epochs select among grid checkpoints (--checkpoints, --run-dir, --grid)")
     spec = zoo.resolve_model_arg(args.model, args.pretrained)
     if args.family:
         spec.family = args.family

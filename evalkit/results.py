@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = [
     "model", "arch", "family", "checkpoint", "epoch", "samples_seen", "pretrain_dataset", "lr_scheduler",
+    "namespace", "model_simple", "samples_seen_scale_pretty", "total_epochs", "global_batch_size", "run",
     "gflops_per_sample", "gflops_total",
     "task", "task_type", "dataset", "split", "metric", "value", "n_samples",
     "task_hash", "evalkit_version", "open_clip_version", "torch_version", "device", "precision",

@@ -43,4 +43,22 @@ def test_closed_form_estimate_is_within_ten_percent_of_the_profile():
         assert est is not None and abs(est / row.gflops - 1) < 0.10, (arch, est, row.gflops)
         checked += 1
     assert checked >= 12  # ViT-S/M/B/L/H at patch 32/16/14
-    assert estimate_gflops(get_arch_config("mammut_ViT-B-32")) is None  # decoder: counted by the profiler only
+
+
+def test_mammut_closed_form_is_within_ten_percent_of_profile_and_profiler():
+    """MaMMUT's closed form (image tower, bidirectional text pass, captioning pass with cross-attention,
+    LM heads) against the paper's profile for every mammut architecture, and against evalkit's own
+    profiler count, so shards balance MaMMUT grids."""
+    from evalkit.models.configs import get_arch_config
+    from evalkit.models.flops import estimate_gflops
+
+    mammut = PROFILE[PROFILE.namespace == "mammut"]
+    assert len(mammut) == 15
+    for arch, row in mammut.iterrows():
+        est = estimate_gflops(get_arch_config(arch))
+        assert est is not None and abs(est / row.gflops - 1) < 0.10, (arch, est, row.gflops)
+    for arch in ("mammut_ViT-S-32", "mammut_ViT-B-32"):
+        lm = load_model(arch)
+        counted = count_gflops(lm.model, lm.preprocess.size, lm.context_length, lm.family)
+        assert abs(estimate_gflops(get_arch_config(arch)) / counted - 1) < 0.10, arch
+    assert estimate_gflops(get_arch_config("coca_ViT-B-32")) is None  # CoCa's multimodal decoder: profiler only

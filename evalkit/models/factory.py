@@ -44,6 +44,8 @@ def _preprocess(cfg: dict[str, Any], overrides: dict[str, Any]) -> PreprocessCfg
 
 def resolve_source(spec: ModelSpec) -> tuple[str, dict[str, Any], dict[str, Any], Path | None]:
     """(model name, model config, preprocess overrides, weights file or None) for a spec."""
+    if spec.error:  # a grid checkpoint that cannot be built (unparseable name, unsupported namespace)
+        raise ModelNotFound(spec.error)
     model = spec.model
     if model.startswith("hf-hub:"):
         cfg, pp, weights = resolve_hub(model[len("hf-hub:"):])

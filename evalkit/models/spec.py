@@ -12,6 +12,11 @@ class ModelSpec:
 
     `model` is what the user gave: an architecture name, `hf-hub:ORG/REPO`, `local-dir:DIR` or a
     model-config JSON path; `pretrained` a tag, a weights file or None (random init).
+
+    The paper's grid identity (`namespace`, `model_simple`, `samples_seen_scale_pretty`, `total_epochs`,
+    `global_batch_size`, `run`: the training run's full name) goes into the results table as columns.
+    `error`, when set, is why this checkpoint cannot be built (an unparseable run name, an unsupported
+    namespace): loading it fails with that message, so its units fail and the rest of a grid runs.
     """
 
     model: str
@@ -24,6 +29,13 @@ class ModelSpec:
     pretrain_dataset: str | None = None
     lr_scheduler: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    namespace: str | None = None
+    model_simple: str | None = None
+    samples_seen_scale_pretty: str | None = None
+    total_epochs: int | None = None
+    global_batch_size: int | None = None
+    run: str | None = None
+    error: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
