@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install embedded demo test test-all lint bench clean
+.PHONY: install embedded demo test test-all test-slurm lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,15 @@ lint: install
 test: embedded lint
 	$(PY) -m pytest -q
 
+# every test: the fast and slow ones, then the SLURM ones on their own cluster
 test-all: embedded lint
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -m "not slurm"
+	$(MAKE) test-slurm
+
+# the tests marked `slurm`, against a one-node SLURM cluster on localhost that this starts and stops
+# (.ci/slurm_cluster.sh: installs slurmctld/slurmd/slurm-client/munge with apt-get when missing; root)
+test-slurm: embedded
+	.ci/slurm_cluster.sh run $(PY) -m pytest -q -m slurm
 
 bench: embedded
 	$(PY) bench/run_all.py
