@@ -102,7 +102,7 @@ def _run_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from evalkit.submit import submit
+    from evalkit.submit import SubmitError, submit_shards
     from evalkit.tasks.registry import get_task
 
     specs = _specs(args)
@@ -112,13 +112,26 @@ def cmd_submit(args: argparse.Namespace) -> int:
                                 "slurm_account": args.account}.items() if v is not None}
     folder = args.log_folder or f"{args.out}/slurm"
     options = {**_run_options(args), "gpus_requested": bool(args.gpus_per_shard)}
-    jobs = submit(specs, tasks, options, args.shards, folder, cluster=args.cluster, slurm=slurm, wait=args.wait)
-    print(f"submitted {len(jobs)} array tasks ({jobs[0].job_id.split('_')[0] if jobs else '-'}); logs in {folder}")
-    if args.wait:
-        from evalkit.results import collect
+    try:
+        sub = submit_shards(specs, tasks, options, args.shards, folder, cluster=args.cluster, slurm=slurm)
+    except SubmitError as e:
+        print(f"evalkit submit: error: {e}", file=sys.stderr)
+        return 2
+    step = f" and a collect step after them (job {sub.collect_job.job_id})" if sub.collect_job is not None else ""
+    print(f"submitted {len(sub.jobs)} array tasks (job {sub.array_id}){step}; logs in {folder}", flush=True)
+    if not args.wait:
+        return 0
+    from evalkit.results import collect
 
-        print(f"table: {args.out}/results.parquet ({len(collect(args.out))} rows)")
-    return 0
+    outcomes = sub.wait()
+    counts = {k: sum(o.counts[k] for o in outcomes if o.finished) for k in ("ok", "failed", "skipped")}
+    for o in outcomes:
+        if not o.finished:
+            print(f"shard {o.index} (job {o.job_id}) did not finish: {o.state}{': ' + o.error if o.error else ''}; "
+                  f"its finished units stay in {args.out}/units, and the same command again computes the rest")
+    print(f"units: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already done")
+    print(f"table: {args.out}/results.parquet ({len(collect(args.out))} rows)")
+    return 1 if counts["failed"] or not all(o.finished for o in outcomes) else 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -205,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus-per-shard", type=int)
     s.add_argument("--timeout-min", type=int)
     s.add_argument("--log-folder", help="submitit logs (default: OUT/slurm)")
-    s.add_argument("--cluster", choices=["slurm", "local", "debug"], help="default: slurm when sbatch exists, else local")
+    s.add_argument("--cluster", choices=["slurm", "local", "debug"], help="default: slurm (an error where sbatch is missing); local runs the shards as processes here")
     s.add_argument("--wait", action="store_true", help="wait for every shard and print the table")
     s.set_defaults(func=cmd_submit)
     m = sub.add_parser("models", help="list the zoo (checkpoints.yaml)")

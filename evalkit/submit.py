@@ -1,14 +1,40 @@
 """`evalkit submit`: the same run as a SLURM job array through submitit, one shard per array task.
 
 Each array task runs `engine.run` with `shard=(i, n)` and writes unit files into the shared results
-folder; the shards never clash (distinct unit files), and each ends by collecting the table, so the
-last one to finish leaves the complete table. Tests use submitit's local executor.
+folder; the shards never clash (distinct unit files), and each ends by collecting the table. On
+SLURM a last step, `evalkit-collect`, is submitted with `--dependency=afterany` on the whole array:
+it runs once every array task has ended, however it ended (a shard cancelled or preempted after
+the others finished never collects itself), so the table always holds every unit on disk.
+
+A shard that is cancelled, preempted or killed keeps the units it finished (each is its own file);
+submitting the same command again skips them and computes the rest.
+
+Job states come from `sacct` where the cluster keeps accounting; on a cluster without it (no
+slurmdbd) `sacct` fails, and submitit would warn on every poll and never see a cancelled shard end.
+There the states come from `squeue` instead, and that is said once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import getpass
+import io
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+try:  # submitit is an optional dependency (evalkit[slurm]); only `submit` needs it
+    from submitit.slurm.slurm import SlurmInfoWatcher as _WatcherBase
+except ImportError:  # pragma: no cover - without submitit, `submit` says what to install
+    _WatcherBase = object  # type: ignore[assignment,misc]
+
+
+class SubmitError(RuntimeError):
+    """A submission that could not be made; one line for the user."""
 
 
 def run_shard(index: int, count: int, specs: list, tasks: list, options: dict[str, Any]) -> dict[str, int]:
@@ -22,20 +48,235 @@ def run_shard(index: int, count: int, specs: list, tasks: list, options: dict[st
     return counts
 
 
-def submit(specs: list, tasks: list, options: dict[str, Any], shards: int, folder: str | Path,
-           cluster: str | None = None, slurm: dict[str, Any] | None = None, wait: bool = False) -> list:
-    """Submit `shards` array tasks; return the submitit jobs (waiting for them if `wait`)."""
-    import submitit
+def collect_step(out: str) -> int:
+    """The final collect, run after every array task has ended; returns the table's row count."""
+    from evalkit.results import collect
 
+    return len(collect(out))
+
+
+# states in which a job has not ended: submitit's list, and SUSPENDED (`scontrol suspend`, gang
+# scheduling) and the other transient states squeue reports
+_RUNNING = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED", "CONFIGURING",
+            "RESIZING", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "STOPPED", "SIGNALING", "STAGE_OUT"}
+# a job that squeue no longer lists (purged MinJobAge seconds after it ended)
+GONE = "ENDED"
+
+
+class QueueWatcher(_WatcherBase):  # type: ignore[misc,valid-type]
+    """submitit's SLURM state watcher, quiet on clusters without accounting.
+
+    Asks `sacct` first; if that fails on the first call (no accounting storage, no slurmdbd), says so
+    once and follows the jobs with `squeue --states=all` from then on, where a job squeue no longer
+    lists has ended. sacct's own errors never reach the terminal.
+    """
+
+    def __init__(self, delay_s: int = 60) -> None:
+        super().__init__(delay_s=delay_s)
+        self.use_sacct: bool | None = None  # None: not asked yet
+        self.note: str | None = None  # the one line said when falling back to squeue
+
+    def is_done(self, job_id: str, mode: str = "standard") -> bool:
+        state = self.get_state(job_id, mode=mode).upper().split()
+        return bool(state) and state[0] not in _RUNNING
+
+    def _pending_ids(self) -> set[str]:
+        return {x.split("_")[0] for x in self._registered - self._finished}
+
+    def update(self) -> None:
+        ids = self._pending_ids()
+        if not ids:
+            return
+        self._num_calls += 1
+        info = None
+        if self.use_sacct is not False:
+            info = self._sacct(ids)
+        if info is None:
+            info = self._squeue(ids)
+        if info is not None:
+            self._info_dict.update(info)
+        self._last_status_check = time.time()
+        for job_id in self._registered - self._finished:
+            if self.is_done(job_id, mode="cache"):
+                self._finished.add(job_id)
+
+    def _sacct(self, ids: set[str]) -> dict[str, dict[str, str]] | None:
+        cmd = ["sacct", "-o", "JobID,State,NodeList", "--parsable2"] + [a for j in sorted(ids) for a in ("-j", j)]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            r = subprocess.CompletedProcess(cmd, 1, "", str(e))
+        if r.returncode == 0:
+            self.use_sacct = True
+            return self.read_info(r.stdout)
+        if self.use_sacct is None:  # the first call failed: this cluster has no usable accounting
+            self.use_sacct = False
+            why = " ".join((r.stderr or r.stdout or f"exit status {r.returncode}").split()) or "no reason given"
+            self.note = (f"evalkit: note: sacct is unusable on this cluster ({why}); following the jobs "
+                         "with squeue instead")
+            print(self.note, file=sys.stderr, flush=True)
+        return None  # a transient failure after sacct worked: squeue for this round
+
+    def _squeue(self, ids: set[str]) -> dict[str, dict[str, str]] | None:
+        cmd = ["squeue", "--noheader", "--array", "--states=all", "--user", getpass.getuser(),
+               "--format=%i|%T|%N"]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if r.returncode != 0:  # the controller did not answer: keep what we knew
+            return None
+        lines = [ln for ln in r.stdout.splitlines() if ln.split("_")[0].split("|")[0] in ids]
+        info = self.read_info("\n".join(["JobID|State|NodeList", *lines]))
+        for job_id in self._registered - self._finished:
+            if job_id.split("_")[0] in ids and job_id not in info:
+                info[job_id] = {"JobID": job_id, "State": GONE, "NodeList": ""}
+        return info
+
+
+_WATCHER: QueueWatcher | None = None
+
+
+def watcher() -> QueueWatcher:
+    """One watcher for every job this process follows (one squeue/sacct call covers them all)."""
+    global _WATCHER
+    if _WATCHER is None:
+        _WATCHER = QueueWatcher(delay_s=30)
+    return _WATCHER
+
+
+@dataclass
+class ShardOutcome:
+    index: int
+    job_id: str
+    counts: dict[str, int] | None = None  # run()'s counts when the shard finished
+    state: str = ""  # the scheduler's last state, when it did not
+    error: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.counts is not None
+
+
+@dataclass
+class Submission:
+    jobs: list  # the array tasks (submitit jobs), one per shard
+    collect_job: Any = None  # the afterany collect step (SLURM only)
+    outcomes: list[ShardOutcome] = field(default_factory=list)  # filled by wait()
+
+    @property
+    def array_id(self) -> str:
+        return self.jobs[0].job_id.split("_")[0] if self.jobs else "-"
+
+    def wait(self) -> list[ShardOutcome]:
+        """Wait until every array task (and the collect step) has ended, however it ended."""
+        for job in self.jobs:
+            job.wait()
+        if self.collect_job is not None:
+            self.collect_job.wait()
+        self.outcomes = [_outcome(i, job) for i, job in enumerate(self.jobs)]
+        return self.outcomes
+
+
+def _outcome(index: int, job: Any) -> ShardOutcome:
+    out = ShardOutcome(index, job.job_id)
+    if not job.paths.result_pickle.exists():  # killed, cancelled, preempted, timed out, or never started
+        out.state = job.state
+        return out
+    try:
+        out.counts = job.result()
+    except Exception as e:  # the shard raised: submitit re-raises it here
+        out.state = "FAILED"
+        out.error = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+    return out
+
+
+def _sbatch_message(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _check_cluster(cluster: str | None) -> str:
+    if cluster in (None, "slurm") and shutil.which("sbatch") is None:
+        raise SubmitError("no SLURM on this machine (sbatch is not on PATH): run `evalkit submit` on a SLURM "
+                          "login node, or pass --cluster local to run the shards as processes on this machine")
+    return cluster or "slurm"
+
+
+def _cancel(job_id: str) -> None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
+
+
+def _remove_new_files(folder: Path, existing: set[Path], made: list[Path]) -> None:
+    """What a refused submission left in the log folder (submitit's pickles and script)."""
+    if folder.is_dir():
+        for p in set(folder.iterdir()) - existing:
+            with contextlib.suppress(OSError):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+    for d in made:  # deepest first
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def submit_shards(specs: list, tasks: list, options: dict[str, Any], shards: int, folder: str | Path,
+                  cluster: str | None = None, slurm: dict[str, Any] | None = None,
+                  wait: bool = False) -> Submission:
+    """Submit `shards` array tasks and, on SLURM, the afterany collect step.
+
+    Either all of it is submitted or nothing is: a refused array raises `SubmitError` with sbatch's
+    message; a refused collect step cancels the array first.
+    """
+    try:
+        import submitit
+        from submitit.core.utils import FailedJobError
+    except ImportError:
+        raise SubmitError("evalkit submit needs submitit: pip install 'evalkit[slurm]' (or submitit)") from None
+
+    cluster = _check_cluster(cluster)
+    slurm = dict(slurm or {})
+    folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # folders submitit will create
+    existing = set(folder.iterdir()) if folder.is_dir() else set()
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     params: dict[str, Any] = {"timeout_min": 240, "slurm_array_parallelism": shards, "name": "evalkit"}
-    params.update(slurm or {})
+    params.update(slurm)
     if executor.cluster != "slurm":
         params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
     executor.update_parameters(**params)
-    jobs = executor.map_array(run_shard, list(range(shards)), [shards] * shards, [specs] * shards,
-                              [tasks] * shards, [options] * shards)
-    if wait:
+    args = (list(range(shards)), [shards] * shards, [specs] * shards, [tasks] * shards, [options] * shards)
+    # submitit prints sbatch's stderr itself before raising it: keep it for the one error line
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            jobs = executor.map_array(run_shard, *args)
+        except FailedJobError as e:
+            _remove_new_files(folder, existing, made)
+            raise SubmitError(f"sbatch refused the job array: {_sbatch_message(e)}") from None
+    sub = Submission(jobs)
+    if executor.cluster == "slurm":
         for job in jobs:
-            job.result()
-    return jobs
+            job.watcher = watcher()
+        step = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+        keep = ("slurm_partition", "slurm_account", "slurm_qos")
+        step.update_parameters(name="evalkit-collect", timeout_min=30, cpus_per_task=1,
+                               slurm_additional_parameters={"dependency": f"afterany:{sub.array_id}"},
+                               **{k: v for k, v in slurm.items() if k in keep})
+        with contextlib.redirect_stderr(io.StringIO()):
+            try:
+                sub.collect_job = step.submit(collect_step, str(options.get("out", "results")))
+            except FailedJobError as e:
+                _cancel(sub.array_id)
+                raise SubmitError(f"sbatch refused the collect step: {_sbatch_message(e)}; the job array "
+                                  f"{sub.array_id} was cancelled, nothing is left submitted") from None
+        sub.collect_job.watcher = watcher()
+    if wait:
+        sub.wait()
+    return sub
+
+
+def submit(specs: list, tasks: list, options: dict[str, Any], shards: int, folder: str | Path,
+           cluster: str | None = None, slurm: dict[str, Any] | None = None, wait: bool = False) -> list:
+    """Submit `shards` array tasks; return the submitit jobs (waiting for all of them if `wait`)."""
+    return submit_shards(specs, tasks, options, shards, folder, cluster=cluster, slurm=slurm, wait=wait).jobs
