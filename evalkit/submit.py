@@ -141,7 +141,7 @@ def watcher() -> QueueWatcher:
     """One watcher for every job this process follows (one squeue/sacct call covers them all)."""
     global _WATCHER
     if _WATCHER is None:
-        _WATCHER = QueueWatcher(delay_s=30)
+        _WATCHER = QueueWatcher(delay_s=15)
     return _WATCHER
 
 

@@ -177,7 +177,11 @@ def test_cancelled_shard_then_the_same_submission_completes(cluster, grid, cache
     first = subprocess.Popen(_submit_cmd(grid, out, cache, "--wait"), env=ENV, cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
-        array, _ = _submitted_ids(first.stdout.readline())
+        line = first.stdout.readline()
+        if "submitted" not in line:
+            first.wait(timeout=120)
+            pytest.fail(f"evalkit submit: {line}{first.stdout.read()}{first.stderr.read()[-3000:]}")
+        array, _ = _submitted_ids(line)
         mine = shard_units[victim]
         _wait_for(f"the first unit of shard {victim}", lambda: set(_units(out)) & set(mine))
         _slurm("scancel", f"{array}_{victim}")
