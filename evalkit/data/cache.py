@@ -4,18 +4,36 @@ Decoding JPEGs is the wall on a GPU, so every image is decoded and resized once 
 memory-mapped uint8 array that every checkpoint and every later run reuses. One cache serves all
 architectures with the same size/interpolation/resize mode (mean and std are applied on device).
 Entries are written to a temp file and renamed, so a killed build leaves no half cache.
+
+One builder per entry, across processes and hosts: ranks that ask for the same uncached entry at
+once (every rank of a node, every node of a job on a shared filesystem) take turns on a lock file in
+the entry folder; the first builds, the others wait and then memory-map what it built. The lock is
+an `O_CREAT | O_EXCL` file holding the builder's host, pid and a token, because that is atomic on
+local disks and on NFSv3+, while `flock` on NFS or Lustre is, depending on the mount, node-local,
+emulated or unsupported, and fails silently in the worst case. A lock is abandoned (and taken over)
+when its builder is on this host and dead, or when its heartbeat (the builder touches the file
+between batches) has not changed for `LOCK_STALE_S` as seen by the waiter's own clock (so clock skew
+between hosts does not matter), or its mtime is three times that old. A double build after a
+mistaken takeover costs time, not correctness: every build writes a private temp file and renames it
+into place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
+import multiprocessing
 import os
+import pickle
 import shutil
 import sys
+import threading
 import time
+import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,13 +41,33 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from evalkit.atomic import atomic_write, atomic_write_text
+from evalkit.atomic import HOST, _pid_alive, atomic_write, atomic_write_text, remove_stale_temps
 from evalkit.data.preprocess import PreprocessCfg, pixel_transform
 from evalkit.data.sources import DataError, ImageSource
+
+LOCK_FILE = "build.lock"
+LOCK_HEARTBEAT_S = 10.0  # a builder touches its lock at least this often while it decodes
+LOCK_STALE_S = 600.0  # a lock whose heartbeat stood still this long (waiter's clock) is abandoned
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("EVALKIT_CACHE", Path.home() / ".cache" / "evalkit" / "images"))
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (SLURM and cgroup cpusets bind ranks to a few
+    cores of a many-core node, which `os.cpu_count()` ignores), capped by a cgroup v2 CPU quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 class _Decode(Dataset):
@@ -58,26 +96,233 @@ def entry_dir(source: ImageSource, cfg: PreprocessCfg, cache_dir: Path) -> Path:
     return cache_dir / f"{h}-{cfg.pixel_key}"
 
 
-def decode_all(source: ImageSource, cfg: PreprocessCfg, out: np.ndarray, num_workers: int, progress: bool) -> None:
-    """Fill `out` [N, 3, S, S] uint8 with the preprocessed images of `source`."""
-    loader = DataLoader(
-        _Decode(source, cfg), batch_size=64, num_workers=num_workers, collate_fn=_collate,
-        persistent_workers=False, prefetch_factor=4 if num_workers else None,
-    )
+_preloaded = False
+
+
+def _start_method(job: _Decode, num_workers: int) -> str:
+    """How decode workers run: "in-process", "fork", "forkserver", "spawn" or "threads".
+
+    `fork` copies whatever locks the process's other threads hold at that instant (the engine's
+    checkpoint prefetch and results fsync threads are usually alive here), so a forked worker can
+    hang on its first import or allocation. So: `fork` only while this is the process's only Python
+    thread (cheapest: nothing to import again); otherwise a `forkserver` (`spawn` where there is
+    none), a clean single-threaded process that forks the workers and gets the job pickled. Every
+    evalkit reader's opener pickles; one that doesn't (a lambda) is decoded by threads of this
+    process instead (PIL decodes and resizes without the GIL, so they scale, if less than processes).
+    As with any forkserver/spawn worker (Python 3.14's default), a script calling evalkit needs the
+    `if __name__ == "__main__":` guard: the workers import the main module.
+    """
+    if num_workers <= 0:
+        return "in-process"
+    methods = multiprocessing.get_all_start_methods()
+    if threading.active_count() == 1 and "fork" in methods:
+        return "fork"
+    try:
+        pickle.dumps(job)
+    except Exception:
+        return "threads"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _context(method: str) -> multiprocessing.context.BaseContext:
+    ctx = multiprocessing.get_context(method)
+    global _preloaded
+    if method == "forkserver" and not _preloaded:
+        # The server imports torch and open_clip once (seconds); each worker is then a cheap fork of
+        # it, also for later decodes in this process. No effect once a forkserver runs here already.
+        from multiprocessing import forkserver
+
+        have = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
+        ctx.set_forkserver_preload(list(dict.fromkeys([*have, "evalkit.data.cache", "open_clip.transform"])))
+        _preloaded = True
+    return ctx
+
+
+def _threaded_batches(job: _Decode, workers: int, batch_size: int = 64) -> Iterator[tuple]:
+    """The DataLoader's batches, in order, decoded by `workers` threads with a bounded read-ahead."""
+    n = len(job)
+    starts = range(0, n, batch_size)
+
+    def batch(start: int) -> tuple:
+        return _collate([job[i] for i in range(start, min(start + batch_size, n))])
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evalkit-decode")
+    try:
+        ahead = deque(pool.submit(batch, s) for s in starts[: 2 * workers])
+        for k in range(len(starts)):
+            item = ahead.popleft().result()
+            if k + 2 * workers < len(starts):
+                ahead.append(pool.submit(batch, starts[k + 2 * workers]))
+            yield item
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def decode_all(source: ImageSource, cfg: PreprocessCfg, out: np.ndarray, num_workers: int, progress: bool,
+               on_batch: Callable[[], None] | None = None) -> None:
+    """Fill `out` [N, 3, S, S] uint8 with the preprocessed images of `source`; `on_batch()` after each batch."""
+    # Workers get only what decoding needs: `meta` may hold lambdas (segmentation's mask openers).
+    job = _Decode(dataclasses.replace(source, targets=[], meta={}, classnames=None, templates=None), cfg)
+    method = _start_method(job, num_workers)
+    if method == "threads":
+        batches = _threaded_batches(job, num_workers)
+    else:
+        workers = 0 if method == "in-process" else num_workers
+        loader = DataLoader(
+            job, batch_size=64, num_workers=workers, collate_fn=_collate,
+            multiprocessing_context=_context(method) if workers else None,
+            persistent_workers=False, prefetch_factor=4 if workers else None,
+        )
+        batches = iter(loader)  # workers start here: before tqdm's monitor thread exists
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(source), desc=f"decode {Path(source.name).name}", unit="img", file=sys.stderr)
-    for idx, imgs, errs in loader:
+    for idx, imgs, errs in batches:
         bad = [e for e in errs if e]
         if bad:
             raise DataError(bad[0])
         out[idx[0] : idx[-1] + 1] = imgs.numpy()
         if bar:
             bar.update(len(idx))
+        if on_batch:
+            on_batch()
     if bar:
         bar.close()
+
+
+class _BuildLock:
+    """This process's claim on building one cache entry (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.token = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex}"
+        self.beaten = 0.0
+
+    def acquire(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump({"host": HOST, "pid": os.getpid(), "token": self.token,
+                       "since": time.strftime("%Y-%m-%dT%H:%M:%S")}, f)
+        self.beaten = time.monotonic()
+        return True
+
+    def beat(self, force: bool = False) -> None:
+        """Show waiters this builder is alive (a new mtime), at most every LOCK_HEARTBEAT_S."""
+        now = time.monotonic()
+        if force or now - self.beaten >= LOCK_HEARTBEAT_S:
+            self.beaten = now
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours (a waiter may have judged it abandoned and taken it)."""
+        try:
+            if json.loads(self.path.read_bytes()).get("token") == self.token:
+                self.path.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def _lock_state(path: Path) -> tuple[bytes, tuple, dict] | None:
+    """(contents, what a heartbeat changes, parsed holder) of a lock file; None when there is none."""
+    try:
+        st = path.stat()
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        holder = json.loads(raw)
+        holder = holder if isinstance(holder, dict) else {}
+    except ValueError:  # being written this instant, or garbage: judged by its heartbeat alone
+        holder = {}
+    return raw, (st.st_ino, st.st_mtime_ns, st.st_size, raw), holder
+
+
+class _LockWatch:
+    """A waiter's view of the lock it waits on: is its builder gone?"""
+
+    def __init__(self) -> None:
+        self.seen: tuple | None = None
+        self.since = time.monotonic()
+
+    def abandoned(self, sig: tuple, holder: dict) -> bool:
+        pid = holder.get("pid")
+        if holder.get("host") == HOST and isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid):
+            return True  # this host's builder died (killed, OOM): no need to wait for its heartbeat
+        if time.time() - sig[1] / 1e9 > 3 * LOCK_STALE_S:
+            return True  # left long ago (a lost node): no live builder's beat is this old, whatever the skew
+        if sig != self.seen:  # a heartbeat, or a new holder: wait a full period from now
+            self.seen, self.since = sig, time.monotonic()
+            return False
+        return time.monotonic() - self.since > LOCK_STALE_S
+
+
+def _break_lock(path: Path, raw: bytes) -> None:
+    """Remove the abandoned lock whose contents were `raw`, and never a fresh one that replaced it."""
+    grave = path.with_name(f"{path.name}.stale-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, grave)  # atomic: of several waiters breaking the same lock, one gets it
+    except FileNotFoundError:
+        return
+    try:
+        if grave.read_bytes() != raw:  # a new builder's lock appeared since we looked: give it back
+            try:
+                os.link(grave, path)  # fails if yet another lock exists by now (both then build)
+            except OSError:
+                pass
+    finally:
+        grave.unlink(missing_ok=True)
+
+
+def _complete(final: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The finished entry, memory-mapped; None if there is none (or it is not for this shape)."""
+    try:
+        arr = np.load(final, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    return arr if arr.shape == shape and arr.dtype == np.uint8 else None
+
+
+def _build_once(entry: Path, final: Path, shape: tuple[int, ...], build: Callable[[_BuildLock], None],
+                progress: bool) -> np.ndarray:
+    """The entry's pixels: built here if no one else is building them, else waited for."""
+    entry.mkdir(parents=True, exist_ok=True)
+    lock, watch = _BuildLock(entry / LOCK_FILE), _LockWatch()
+    delay, waited, told = 0.02, time.monotonic(), False
+    while True:
+        arr = _complete(final, shape)
+        if arr is not None:
+            return arr
+        if lock.acquire():
+            try:
+                arr = _complete(final, shape)  # finished between our look and our lock
+                if arr is not None:
+                    return arr
+                remove_stale_temps(entry)  # a dead builder's half-written pixels (GBs for ImageNet)
+                build(lock)
+            finally:
+                lock.release()
+            return np.load(final, mmap_mode="r")
+        state = _lock_state(lock.path)
+        if state is None:  # released this instant: look again
+            continue
+        raw, sig, holder = state
+        if watch.abandoned(sig, holder):
+            _break_lock(lock.path, raw)
+            continue
+        if not told and (progress or time.monotonic() - waited > 10):
+            print(f"evalkit: waiting for {holder.get('host', '?')} pid {holder.get('pid', '?')} to finish decoding "
+                  f"{entry} (lock {lock.path})", file=sys.stderr, flush=True)
+            told = True
+        time.sleep(delay)
+        delay = min(1.0, delay * 1.5)
 
 
 def decoded_images(
@@ -89,10 +334,12 @@ def decoded_images(
 ) -> np.ndarray:
     """uint8 [N, 3, S, S] pixels of `source`: read from the cache, or decoded (and cached) now.
 
-    With `cache_dir=None` the pixels are decoded into memory and not kept.
+    With `cache_dir=None` the pixels are decoded into memory and not kept. If another process or
+    host is decoding the same entry, this waits for it and reads its result instead of decoding too.
+    `num_workers` defaults to the CPUs this process may use (its affinity), at most 8.
     """
     if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1)
+        num_workers = min(8, available_cpus())
     shape = (len(source), 3, cfg.size, cfg.size)
     if cache_dir is None:
         arr = np.empty(shape, dtype=np.uint8)
@@ -100,22 +347,27 @@ def decoded_images(
         return arr
     entry = entry_dir(source, cfg, Path(cache_dir))
     final = entry / "pixels.npy"
-    if final.is_file():
-        arr = np.load(final, mmap_mode="r")
-        if arr.shape == shape:
-            return arr
-    def fill(tmp: Path) -> None:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        decode_all(source, cfg, arr, num_workers, progress)
-        arr.flush()
-        del arr
+    arr = _complete(final, shape)
+    if arr is not None:
+        return arr
 
-    t0 = time.time()
-    atomic_write(final, fill)
-    meta = {"source": source.name, "n": len(source), "pixel_key": cfg.pixel_key, "fingerprint": source.fingerprint,
-            "build_s": round(time.time() - t0, 3), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_text(entry / "meta.json", json.dumps(meta, indent=1))
-    return np.load(final, mmap_mode="r")
+    def build(lock: _BuildLock) -> None:
+        def fill(tmp: Path) -> None:
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            decode_all(source, cfg, arr, num_workers, progress, on_batch=lock.beat)
+            lock.beat(force=True)
+            arr.flush()
+            del arr
+            lock.beat(force=True)
+
+        t0 = time.time()
+        atomic_write(final, fill)
+        meta = {"source": source.name, "n": len(source), "pixel_key": cfg.pixel_key, "fingerprint": source.fingerprint,
+                "build_s": round(time.time() - t0, 3), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "built_by": f"{HOST} pid {os.getpid()}"}
+        atomic_write_text(entry / "meta.json", json.dumps(meta, indent=1))
+
+    return _build_once(entry, final, shape, build, progress)
 
 
 def host_batches(pixels: np.ndarray, batch_size: int, pin: bool = False, workers: int | None = None,
@@ -128,7 +380,7 @@ def host_batches(pixels: np.ndarray, batch_size: int, pin: bool = False, workers
     readers, since it eats batches faster than one memcpy thread; a CPU run gets one.
     """
     if workers is None:
-        workers = min(4, os.cpu_count() or 1) if pin else 1
+        workers = min(4, available_cpus()) if pin else 1
     if depth is None:
         depth = workers + 2
     def read(start: int) -> tuple[int, int, torch.Tensor]:

@@ -28,8 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from evalkit.data.folder import PathOpener
 from evalkit.data.hf import is_hf_folder, read_hf
-from evalkit.data.sources import DataError, ImageSource, fingerprint_files, open_path
+from evalkit.data.sources import DataError, ImageSource, fingerprint_files
 from evalkit.data.wds import dataset_type, is_wds, read_wds
 
 RETRIEVAL_LAYOUTS = (
@@ -122,7 +123,7 @@ def read_coco_captions(root: Path, split: str = "test", annotation: Path | None 
     files = [image_dir / coco.imgs[i]["file_name"] for i in image_ids]
     captions = [[a["caption"] for a in coco.loadAnns(coco.getAnnIds(i))] for i in image_ids]
     return ImageSource(
-        name=str(root), ids=[str(f) for f in files], opener=lambda i: open_path(files[i]), targets=captions,
+        name=str(root), ids=[str(f) for f in files], opener=PathOpener(files), targets=captions,
         fingerprint=fingerprint_files([path, *files], extra=f"coco:{split}"),
         meta={"format": "coco", "annotation": str(path), "dataset_type": "retrieval"},
     )
@@ -170,7 +171,7 @@ def read_flickr_captions(root: Path, split: str = "test", annotation: Path | Non
         if not f.is_file():
             raise DataError(f"{path}:{first_line[name]}: image {name} is not in {root}.")
     return ImageSource(
-        name=str(root), ids=[str(f) for f in files], opener=lambda i: open_path(files[i]),
+        name=str(root), ids=[str(f) for f in files], opener=PathOpener(files),
         targets=[data[n] for n in names], fingerprint=fingerprint_files([path, *files], extra=f"flickr:{split}"),
         meta={"format": "flickr", "annotation": str(path), "dataset_type": "retrieval"},
     )

@@ -33,6 +33,17 @@ def _load(root: str, split: str) -> Any:
     return datasets.load_dataset("parquet", data_files={split: files}, split=split)
 
 
+class ColumnOpener:
+    """`i -> ds[i][column]`, picklable for decode workers (a `datasets.Dataset` pickles by reference
+    to its memory-mapped files)."""
+
+    def __init__(self, ds: Any, column: str) -> None:
+        self.ds, self.column = ds, column
+
+    def __call__(self, i: int):
+        return self.ds[i][self.column]
+
+
 def read_hf(root: str, split: str, kind: str = "classification") -> ImageSource:
     ds = _load(root, split)
     cols = set(ds.column_names)
@@ -50,13 +61,10 @@ def read_hf(root: str, split: str, kind: str = "classification") -> ImageSource:
         classnames = [n.replace("_", " ") for n in feat.names]
     fp = getattr(ds, "_fingerprint", None) or f"{root}:{split}:{len(ds)}"
 
-    def opener(i: int):
-        return ds[i][img_col]
-
     return ImageSource(
         name=f"{root}[{split}]",
         ids=[f"{root}[{split}]#{i}" for i in range(len(ds))],
-        opener=opener,
+        opener=ColumnOpener(ds, img_col),
         targets=targets,
         fingerprint=str(fp)[:16],
         classnames=classnames,

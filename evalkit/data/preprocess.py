@@ -6,6 +6,7 @@ open_clip's preprocessed tensor bit for bit.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,9 +51,39 @@ def pixel_transform(cfg: PreprocessCfg) -> Callable[[Image.Image], torch.Tensor]
     return Compose(steps[:-2] + [PILToTensor()])
 
 
+_MEAN_STD: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_MEAN_STD_LOCK = threading.Lock()
+
+
+def _mean_std(cfg: PreprocessCfg, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cfg's mean and std as float32 [1, 3, 1, 1] on `device`, built once per (mean, std, device).
+
+    Building them per batch is two blocking host-to-device copies, which stall the CPU until the
+    previous forward is done and so defeat every read-ahead. The cached tensors are never written to.
+    """
+    key = (tuple(cfg.mean), tuple(cfg.std), device)
+    hit = _MEAN_STD.get(key)
+    if hit is None:
+        with _MEAN_STD_LOCK:
+            hit = _MEAN_STD.get(key)
+            if hit is None:
+                # Plain tensors even when first asked for under inference_mode, so later callers in
+                # any grad mode can use them. A blocking copy, so complete before any stream reads it.
+                with torch.inference_mode(False):
+                    mean = torch.tensor(cfg.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+                    std = torch.tensor(cfg.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+                if len(_MEAN_STD) >= 64:  # a handful of configs per run; never grow without bound
+                    _MEAN_STD.clear()
+                _MEAN_STD[key] = hit = (mean, std)
+    return hit
+
+
 def normalize(pixels: torch.Tensor, cfg: PreprocessCfg, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 [B, 3, S, S] (on any device) -> normalised float, as ToTensor + Normalize compute it."""
-    mean = torch.tensor(cfg.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    """uint8 [B, 3, S, S] (on any device) -> normalised float, as ToTensor + Normalize compute it.
+
+    mean/std live on the device after the first call for a (mean, std, device): no host-to-device
+    copy per batch, so an asynchronous pixel copy stays asynchronous.
+    """
+    mean, std = _mean_std(cfg, pixels.device)
     x = pixels.to(torch.float32).div(255).sub(mean).div(std)
     return x.to(dtype)

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from evalkit.data.folder import PathOpener
 from evalkit.data.preprocess import PreprocessCfg, pixel_transform
-from evalkit.data.sources import DataError, ImageSource, fingerprint_files, open_path
+from evalkit.data.sources import DataError, ImageSource, fingerprint_files
 
 IGNORE_LABEL = 255  # reduced label maps are uint8: 0..C-1 = classes, 255 = ignore
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -87,7 +88,7 @@ def read_ade20k(root: Path, split: str = "validation") -> ImageSource:
     return ImageSource(
         name=str(base / "images" / sub),
         ids=[str(p) for p in images],
-        opener=lambda i: open_path(images[i]),
+        opener=PathOpener(images),
         targets=[str(m) for m in masks],
         fingerprint=fingerprint_files(images + masks, extra="ade20k"),
         classnames=object_info_names(base),
@@ -98,7 +99,7 @@ def read_ade20k(root: Path, split: str = "validation") -> ImageSource:
 
 def read_hf_segmentation(root: str, split: str = "validation") -> ImageSource:
     """A `datasets` folder (save_to_disk or parquet) with an image column and an annotation column."""
-    from evalkit.data.hf import _load
+    from evalkit.data.hf import ColumnOpener, _load
 
     ds, errors = None, []
     for s in _aliases(split):
@@ -129,7 +130,7 @@ def read_hf_segmentation(root: str, split: str = "validation") -> ImageSource:
     return ImageSource(
         name=name,
         ids=[f"{name}#{i}" for i in range(len(ds))],
-        opener=lambda i: images_only[i][img_col],
+        opener=ColumnOpener(images_only, img_col),
         targets=[f"{name}#{i}:{ann_col}" for i in range(len(ds))],
         fingerprint=str(fp)[:16],
         meta={"format": "hf", "root": root, "split": split, "open_mask": open_mask,

@@ -54,6 +54,16 @@ def _read(tar_path: Path, span: tuple[int, int]) -> bytes:
         return f.read(span[1])
 
 
+class SpanOpener:
+    """`i -> the image at spans[i]` ((tar shard, (offset, size))), picklable for decode workers."""
+
+    def __init__(self, spans: list) -> None:
+        self.spans = spans
+
+    def __call__(self, i: int):
+        return open_bytes(_read(*self.spans[i]))
+
+
 def _incomplete(root: Path, shard: Path, key: str, parts: dict, kind: str, label_ext: str, no_image: bool) -> str:
     """What a sample lacks, what it has, and the layout its folder's dataset_type.txt promises."""
     has = ", ".join(f"{key}.{e}" for e in parts)
@@ -109,7 +119,7 @@ def read_wds(root: Path, split: str = "test") -> ImageSource:
     return ImageSource(
         name=str(root),
         ids=ids,
-        opener=lambda i: open_bytes(_read(*spans[i])),
+        opener=SpanOpener(spans),
         targets=targets,
         fingerprint=fingerprint_files(shards, extra=f"wds:{split}"),
         classnames=_read_lines(root / "classnames.txt") if kind != "retrieval" else None,
