@@ -32,7 +32,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoints", help="glob of checkpoint files, e.g. 'logs/*/checkpoints/epoch_*.pt'")
     src.add_argument("--run-dir", help="folder holding open_clip runs (*/params.txt, */checkpoints/epoch_N.pt) or the "
                      "paper's grid (<full_name>/epoch_N.pt [+ cache/results.parquet], <run>/checkpoints/epoch_N.pt)")
-    src.add_argument("--grid", help="a grid declared in checkpoints.yaml")
+    src.add_argument("--grid", help="a grid declared in checkpoints.yaml, or hf-hub:ORG/REPO[@REVISION]: a hub repo in the "
+                     "paper's layout (<full_name>/epoch_N.pt + results.parquet), checkpoints downloaded just in time")
+    src.add_argument("--keep-checkpoints", action="store_true",
+                     help="--grid hf-hub:...: keep the downloaded checkpoints in the HF cache (default: each is deleted "
+                          "once its units are written)")
     src.add_argument("--family", help="force the model family (clip, mammut)")
     src.add_argument("--where", help="select grid checkpoints, e.g. 'namespace=mammut,model_simple=ViT-B-32|ViT-S-32,"
                      "pretrain_dataset=datacomp_1b,samples_seen_scale_pretty=1.28B,lr_scheduler=cosine' (several "
@@ -63,6 +67,10 @@ def _specs(args: argparse.Namespace):
         return runs.specs_from_glob(args.checkpoints, **kw)
     if args.run_dir:
         return runs.specs_from_run_dir(args.run_dir, **kw)
+    if args.grid and args.grid.startswith("hf-hub:"):
+        from evalkit.models.hub_grid import specs_from_hub
+
+        return specs_from_hub(args.grid, **kw)
     if args.grid:
         return runs.select_specs(zoo.grid_specs(args.grid), args.where, args.epochs)
     if not args.model:
@@ -93,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_options(args: argparse.Namespace) -> dict:
     opts = dict(data_root=args.data_root, out=args.out, device=args.device, precision=args.precision,
                 batch_size=args.batch_size, text_batch_size=args.text_batch_size, log_samples=args.log_samples,
-                num_workers=args.num_workers)
+                num_workers=args.num_workers, keep_checkpoints=args.keep_checkpoints)
     if args.no_cache:
         opts["cache_dir"] = None
     elif args.cache_dir:

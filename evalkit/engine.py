@@ -57,6 +57,7 @@ class RunOptions:
     shard: tuple[int, int] | None = None
     progress: bool | None = None
     gpus_requested: bool = False  # the job was given GPUs (submit --gpus-per-shard): no CUDA is an error
+    keep_checkpoints: bool = False  # hub grid checkpoints stay in the HF cache once evaluated
 
 
 @dataclass
@@ -445,6 +446,10 @@ def _evaluate_checkpoint(sh: _Shared, ckpt_units: list[Unit], state_future: Futu
             store.write(u.uid, _rows(u, None, None, "failed", err, common, time.time() - t0), "failed", err)
             counts["failed"] += 1
             progress.unit(f"{spec.name} x {u.task.name}: FAILED ({err})")
+        if not opts.keep_checkpoints:
+            from evalkit.models.hub_grid import evict_checkpoint
+
+            evict_checkpoint(spec)
         return
     load_s = time.time() - t0
     by_source: dict[str, list[tuple[Unit, TaskData]]] = {}
@@ -483,10 +488,23 @@ def _evaluate_checkpoint(sh: _Shared, ckpt_units: list[Unit], state_future: Futu
                 progress.unit(f"{spec.name} x {u.task.name}: {main}={result.metrics.get(main, float('nan')):.4f}")
             except Exception as e:
                 _fail(store, u, lm, e, common, share, counts, progress)
+    if not opts.keep_checkpoints:  # all its units are written: a downloaded hub checkpoint leaves the cache
+        from evalkit.models.hub_grid import evict_checkpoint
+
+        evict_checkpoint(spec)
 
 
 def _prefetch(pool: ThreadPoolExecutor, spec: ModelSpec) -> Future | None:
-    """Read a local checkpoint file in the background (I/O and unpickling overlap compute)."""
+    """Read a local checkpoint file in the background (I/O and unpickling overlap compute); a hub grid
+    checkpoint (`hf-hub-file:`) is downloaded there first, just in time. A spec that will fail anyway
+    (`spec.error`) is neither downloaded nor read."""
+    from evalkit.models.hub_grid import fetch_checkpoint, is_hub_file
+
+    if spec.error:
+        return None
+    if is_hub_file(spec.pretrained):
+        ref, commit = spec.pretrained, spec.extra.get("hub_commit")
+        return pool.submit(lambda: read_state_dict(fetch_checkpoint(ref, commit)))
     if spec.pretrained and Path(spec.pretrained).is_file() and not spec.model.startswith(("hf-hub:", "local-dir:")):
         return pool.submit(read_state_dict, spec.pretrained)
     return None

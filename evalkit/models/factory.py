@@ -78,6 +78,10 @@ def _tag_preprocess(arch: str, pretrained: str | None, cfg: dict[str, Any]) -> d
 def _pretrained_file(arch: str, pretrained: str | None) -> Path | None:
     if not pretrained:
         return None
+    if pretrained.startswith("hf-hub-file:"):  # a checkpoint file of a hub repo (--grid hf-hub:ORG/REPO)
+        from evalkit.models.hub_grid import fetch_checkpoint
+
+        return fetch_checkpoint(pretrained)
     path = Path(pretrained).expanduser()
     if path.exists() or "/" in pretrained or path.suffix in (".pt", ".bin", ".pth", ".safetensors"):
         if not path.is_file():

@@ -156,11 +156,15 @@ def _epochs_on_disk(run_dir: Path) -> list[int]:
     return sorted(set(found))
 
 
+_FROM_FOLDER: Any = object()  # _grid_run_specs: read the table from <run_dir>/../cache/results.parquet
+
+
 def _grid_run_specs(run_dir: Path, files: list[str], model: str | None, family: str | None,
-                    warnings: list[str]) -> list[ModelSpec]:
-    """Specs of one run of the paper's grid (no params.txt): metadata table first, else the name."""
+                    warnings: list[str], table: pg.MetadataTable | None = _FROM_FOLDER) -> list[ModelSpec]:
+    """Specs of one run of the paper's grid (no params.txt): metadata table first, else the name.
+    `table`: the run's metadata table (None: none), by default the one beside the run's folder."""
     name = run_dir.name
-    table = _metadata_for(run_dir.parent)
+    table = _metadata_for(run_dir.parent) if table is _FROM_FOLDER else table
     entry = table.get(name) if table is not None else None
     try:
         parsed: pg.RunInfo | None = pg.parse_run_name(name)
@@ -187,7 +191,8 @@ def _grid_run_specs(run_dir: Path, files: list[str], model: str | None, family: 
             if present:
                 info.total_epochs = max(present)
                 warnings.append(
-                    f"{run_dir}: total epochs unknown (no row in a metadata table {pg.metadata_path(run_dir.parent)} and "
+                    f"{run_dir}: total epochs unknown (no row in a metadata table "
+                    f"{table.path if table is not None else pg.metadata_path(run_dir.parent)} and "
                     f"no ep<N> in the name): taking the largest epoch present, {info.total_epochs}; "
                     "samples_seen = total samples x epoch / total epochs is wrong if the run trained longer")
         if model is None:
@@ -255,8 +260,31 @@ def specs_for_files(files: list[str], model: str | None = None, family: str | No
             s.lr_scheduler = s.lr_scheduler or lr_scheduler
             s.extra["run_dir"] = str(run_dir)
         specs += run_specs
+    return _select_and_warn(specs, warnings, where, epoch_sel)
+
+
+def specs_for_grid_listing(files_by_run: dict[Path, list[str]], table: pg.MetadataTable | None,
+                           model: str | None = None, family: str | None = None, where: Any = None,
+                           epochs: Any = None) -> list[ModelSpec]:
+    """Specs of the paper's grid known from a file list and a metadata table rather than from a folder
+    (a hub repo: evalkit/models/hub_grid.py): `files_by_run` maps each run's folder (its name is the
+    run's full name) to the references of its `epoch_N` files, which become the specs' `pretrained`."""
+    specs: list[ModelSpec] = []
+    warnings: dict[str, list[str]] = {}
+    for run_dir, run_files in files_by_run.items():
+        run_specs = _grid_run_specs(run_dir, run_files, model, family, warnings.setdefault(str(run_dir), []),
+                                    table=table)
+        for s in run_specs:
+            s.extra["run_dir"] = str(run_dir)
+        specs += run_specs
+    return _select_and_warn(specs, warnings, pg.parse_where(where), pg.parse_epochs(epochs))
+
+
+def _select_and_warn(specs: list[ModelSpec], warnings: dict[str, list[str]], where: Any,
+                     epochs: Any) -> list[ModelSpec]:
+    """`--where`/`--epochs` selection, then the warnings of the selected runs, logged once each."""
     n = len(specs)
-    specs = select_specs(specs, where, epoch_sel)
+    specs = select_specs(specs, where, epochs)
     if n and not specs:
         raise FileNotFoundError(f"--where/--epochs select none of the {n} checkpoints found.")
     for run_dir in dict.fromkeys(s.extra.get("run_dir") for s in specs):
