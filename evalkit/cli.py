@@ -60,27 +60,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _specs(args: argparse.Namespace):
-    from evalkit.models import runs, zoo
+    from evalkit.models.selection import model_specs
 
-    kw = {"model": args.model, "family": args.family, "where": args.where, "epochs": args.epochs}
-    if args.checkpoints:
-        return runs.specs_from_glob(args.checkpoints, **kw)
-    if args.run_dir:
-        return runs.specs_from_run_dir(args.run_dir, **kw)
-    if args.grid and args.grid.startswith("hf-hub:"):
-        from evalkit.models.hub_grid import specs_from_hub
-
-        return specs_from_hub(args.grid, **kw)
-    if args.grid:
-        return runs.select_specs(zoo.grid_specs(args.grid), args.where, args.epochs)
-    if not args.model:
-        raise SystemExit("evalkit run: give --model, --checkpoints, --run-dir or --grid")
-    if args.where or args.epochs:
-        raise SystemExit("evalkit run: --where/--epochs select among grid checkpoints (--checkpoints, --run-dir, --grid)")
-    spec = zoo.resolve_model_arg(args.model, args.pretrained)
-    if args.family:
-        spec.family = args.family
-    return [spec]
+    return model_specs(args.model, args.pretrained, checkpoints=args.checkpoints, run_dir=args.run_dir,
+                       grid=args.grid, family=args.family, where=args.where, epochs=args.epochs)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -159,10 +142,23 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from evalkit.tasks.registry import all_tasks
+    from evalkit.tasks.registry import all_tasks, suite_members
 
-    for name, t in sorted(all_tasks().items()):
-        print(f"{name:24s} {t.type:28s} dataset={t.dataset} split={t.split} metrics={','.join(t.metrics)}")
+    tasks = all_tasks()
+    for name, t in sorted(tasks.items()):
+        if t.type == "suite":
+            continue
+        print(f"{name:28s} {t.type:24s} dataset={t.dataset} split={t.split} metrics={','.join(t.metrics)} "
+              f"main={t.main_metric}")
+    for name, t in sorted(tasks.items()):
+        if t.type != "suite":
+            continue
+        t = suite_members(t)
+        members, partial = t.options["tasks"], t.options["partial"]
+        print(f"{name:28s} suite of {len(members)} (average of their main metrics)"
+              + (f"; partial: {len(partial)} more not computed by evalkit yet" if partial else ""))
+        for m in partial:
+            print(f"{'':30s}not computed: {m}")
     print("wds/NAME                 (any clip_benchmark webdataset folder under --data-root)")
     return 0
 

@@ -36,8 +36,8 @@ from evalkit.models.flops import estimate_gflops, gflops_per_sample
 from evalkit.models.spec import ModelSpec
 from evalkit.progress import Progress
 from evalkit.results import UnitStore, collect, now, unit_id
-from evalkit.tasks.base import PROTOCOLS, RunContext, TaskRunner, open_task
-from evalkit.tasks.registry import get_task
+from evalkit.tasks.base import READOUTS, RunContext, TaskRunner, open_task, protocols
+from evalkit.tasks.registry import expand, get_task
 from evalkit.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -293,10 +293,10 @@ def _to_device(batch: torch.Tensor, device: torch.device, copy_stream: torch.cud
 
 @torch.no_grad()
 def _run_dataset(lm: LoadedModel, source: ImageSource, runners: list[TaskRunner], ctx: RunContext,
-                 opts: RunOptions) -> None:
+                 opts: RunOptions, before_decode: Callable[[], None] | None = None) -> None:
     """Encode every image of `source` once and hand the features to each runner."""
     pixels = decoded_images(source, lm.preprocess, Path(opts.cache_dir) if opts.cache_dir else None,
-                            num_workers=opts.num_workers, progress=bool(opts.progress))
+                            num_workers=opts.num_workers, progress=bool(opts.progress), before_decode=before_decode)
     needs = {r.needs for r in runners}
     cuda = ctx.device.type == "cuda"
     copy_stream = torch.cuda.Stream(ctx.device) if cuda else None
@@ -306,14 +306,8 @@ def _run_dataset(lm: LoadedModel, source: ImageSource, runners: list[TaskRunner]
         index = torch.arange(start, stop)  # pinned on CUDA, so runners' copies to the device stay async
         if cuda:
             index = index.pin_memory()
-        outputs: dict[str, torch.Tensor] = {}
-        with ctx.autocast():
-            if "image_features" in needs:
-                outputs["image_features"] = lm.encode_image(images).float()
-            if "patch_tokens" in needs:
-                outputs["patch_tokens"] = lm.image_patch_tokens(images).float()
-            if "dense_features" in needs:
-                outputs["dense_features"] = lm.image_dense_features(images).float()
+        with ctx.autocast():  # each readout once per batch, whatever number of tasks reads it
+            outputs = {name: READOUTS[name](lm, images).float() for name in needs}
         for r in runners:
             r.update(index, outputs[r.needs])
 
@@ -342,23 +336,32 @@ def _rows(unit: Unit, lm: LoadedModel | None, result: Any, status: str, error: s
     }
     if result is None:
         return [{**base, "metric": task.main_metric or "error", "value": None, "n_samples": 0}]
-    return [{**base, "metric": m, "value": v, "n_samples": result.n_samples} for m, v in result.metrics.items()]
+    # a task file's `metrics:` selects which of the protocol's metrics are reported
+    return [{**base, "metric": m, "value": v, "n_samples": result.n_samples} for m, v in result.metrics.items()
+            if not task.metrics or m in task.metrics]
 
 
-def evaluate(models: list[ModelSpec | str] | ModelSpec | str, tasks: list[str] | str, **kwargs: Any):
+def evaluate(models: list[ModelSpec | str] | ModelSpec | str | None = None, tasks: list[str] | str = (), *,
+             checkpoints: str | None = None, run_dir: str | None = None, grid: str | None = None,
+             where: str | None = None, epochs: str | None = None, family: str | None = None, **kwargs: Any):
     """Evaluate models on tasks; return the collected results table (a pandas DataFrame).
 
-    `models`: specs or `--model`-style strings; `tasks`: registered names or `wds/NAME`.
-    Keyword options are those of `RunOptions`.
+    What the CLI takes: `models` (specs or `--model`-style strings), or `checkpoints` (a glob),
+    `run_dir`, `grid` (a zoo grid or `hf-hub:ORG/REPO`), narrowed by `where`/`epochs`; `tasks`:
+    registered names, suites or `wds/NAME`. Other keyword options are those of `RunOptions`.
     """
-    from evalkit.models.zoo import resolve_model_arg
+    from evalkit.models.selection import model_specs
 
     opts = RunOptions(**kwargs)
-    if isinstance(models, (str, ModelSpec)):
-        models = [models]
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t]
-    specs = [m if isinstance(m, ModelSpec) else resolve_model_arg(m) for m in models]
+    if models is None:
+        specs = model_specs(checkpoints=checkpoints, run_dir=run_dir, grid=grid, family=family, where=where,
+                            epochs=epochs)
+    else:
+        listed = [models] if isinstance(models, (str, ModelSpec)) else list(models)
+        specs = [m for s in listed
+                 for m in ([s] if isinstance(s, ModelSpec) else model_specs(s, family=family, where=where, epochs=epochs))]
     run(specs, [get_task(t) for t in tasks], opts)
     return collect(opts.out)
 
@@ -377,6 +380,7 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
                      cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, num_workers=opts.num_workers)
     store = UnitStore(opts.out)
     store.remove_stale_temps()  # leftovers of writers killed mid-write (this host: dead pids; others: old)
+    task_specs, suites = expand(task_specs)  # a suite runs its members as tasks, then averages them
     opened = {td.spec.name: td for td in resolve_tasks(task_specs, opts.data_root)}
     for td in opened.values():
         if td.source is not None:
@@ -394,9 +398,11 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
     by_ckpt: dict[str, list[Unit]] = {}
     for u in pending:
         by_ckpt.setdefault(u.spec.key, []).append(u)
-    sh = _Shared(store, ctx, opts, opened, common, counts, Progress(len(pending), bar=bool(opts.progress)))
+    reader = _Reader()
+    ctx.before_decode = lambda: (reader.quiesce(), store.flush())
+    sh = _Shared(store, ctx, opts, opened, common, counts, Progress(len(pending), bar=bool(opts.progress)),
+                 quiesce=ctx.before_decode)
     groups = list(by_ckpt.values())
-    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evalkit-prefetch")
     built: dict = {}  # the last built module, reused for the next checkpoint of the same architecture
     prefetched = _prefetch(reader, groups[0][0].spec) if groups else None
     for gi, ckpt_units in enumerate(groups):
@@ -405,10 +411,80 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
         # and is released when it returns, before the next architecture is built
         _evaluate_checkpoint(sh, ckpt_units, current, built)
         del current
-    reader.shutdown(wait=True)
+    reader.quiesce()
+    if suites:
+        _average_suites(sh, suites, list(dict.fromkeys(u.spec.key for u in units)),
+                        {u.spec.key: u.spec for u in units}, precision)
     store.flush()
     sh.progress.close()
     return counts
+
+
+def _member_main(member: dict[str, str], opened: dict[str, TaskData], suites: dict[str, TaskSpec]) -> str:
+    if member.get("main_metric"):
+        return member["main_metric"]
+    name = member["task"]
+    if name in suites:
+        return "average"
+    return opened[name].spec.main_metric
+
+
+def _average_suites(sh: _Shared, suites: list[TaskSpec], keys: list[str], specs: dict[str, ModelSpec],
+                    precision: str) -> None:
+    """Per checkpoint, one `metric=average` row per suite: the unweighted mean of its members'
+    main metrics, written once every member is ok (else `failed`, naming the members that are not).
+
+    A suite's hash covers its members' resolved hashes, so a changed member changes the suite's
+    result; suites come after their members (and inner suites before outer ones)."""
+    from dataclasses import replace
+
+    by_name = {s.name: s for s in suites}
+    resolved: dict[str, TaskSpec] = {}
+    for suite in suites:  # expand() lists inner suites first
+        members = {m["task"]: (resolved[m["task"]].hash if m["task"] in resolved else sh.opened[m["task"]].spec.hash)
+                   for m in suite.options["tasks"]}
+        resolved[suite.name] = replace(suite, data={"members": members})
+    status = sh.store.status()
+    for key in keys:
+        spec = specs[key]
+        for suite in suites:
+            rsuite = resolved[suite.name]
+            uid = unit_id(key, suite.name, rsuite.hash, precision)
+            if status.get(uid) == "ok":
+                sh.counts["skipped"] += 1
+                continue
+            values, problems, template = [], [], None
+            for m in suite.options["tasks"]:
+                name = m["task"]
+                mspec = resolved.get(name) or sh.opened[name].spec
+                rows = sh.store.unit_rows(unit_id(key, name, mspec.hash, precision))
+                metric = _member_main(m, sh.opened, by_name)
+                if rows is None:
+                    problems.append(f"{name} (no result)")
+                    continue
+                template = template or rows[0]
+                hit = [r for r in rows if r.get("metric") == metric and r.get("status") == "ok" and r.get("value") is not None]
+                if not hit:
+                    status_m = rows[0].get("status")
+                    problems.append(f"{name} ({'failed' if status_m != 'ok' else f'no {metric}'})")
+                    continue
+                values.append(float(hit[0]["value"]))
+            partial = suite.options.get("partial") or []
+            ok = not problems
+            note = "" if ok else f"members not ok: {', '.join(problems)}"
+            if ok and partial:
+                note = f"partial: {len(partial)} member(s) not computed by evalkit ({', '.join(partial)})"
+            unit = Unit(spec, rsuite, uid)
+            row = _rows(unit, None, None, "ok" if ok else "failed", note, sh.common, 0.0)[0]
+            if template:
+                for col in ("arch", "family", "gflops_per_sample", "gflops_total"):
+                    row[col] = template.get(col)
+            row.update(task_type="suite", metric="average", value=(sum(values) / len(values)) if ok else None,
+                       n_samples=len(suite.options["tasks"]))
+            sh.store.write(uid, [row], row["status"], "" if ok else note)
+            sh.counts["ok" if ok else "failed"] += 1
+            value = f"average={row['value']:.4f}" if ok else f"FAILED ({note})"
+            print(f"[suite] {spec.name} x {suite.name}: {value}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -422,6 +498,26 @@ class _Shared:
     common: dict[str, Any]
     counts: dict[str, int]
     progress: Progress
+    quiesce: Callable[[], None] | None = None  # let background threads finish (before forking decoders)
+
+
+class _Reader:
+    """The checkpoint-prefetch thread, which can be let finish and joined (`quiesce`) before images
+    are decoded, so decode workers fork from a process with no other thread mid-work; the next
+    `submit` starts a new one."""
+
+    def __init__(self) -> None:
+        self.pool: ThreadPoolExecutor | None = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evalkit-prefetch")
+        return self.pool.submit(fn, *args)
+
+    def quiesce(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)  # finished futures keep their results
+            self.pool = None
 
 
 def _load(spec: ModelSpec, state_future: Future | None, device: torch.device, built: dict) -> LoadedModel:
@@ -463,7 +559,7 @@ def _evaluate_checkpoint(sh: _Shared, ckpt_units: list[Unit], state_future: Futu
             try:
                 if td.source is None:
                     raise DataError(td.error)
-                runner = PROTOCOLS[td.spec.type](td.spec, td.source)
+                runner = protocols()[td.spec.type](td.spec, td.source)
                 runner.prepare(lm, ctx)
                 live.append((u, td, runner))
             except Exception as e:
@@ -471,7 +567,7 @@ def _evaluate_checkpoint(sh: _Shared, ckpt_units: list[Unit], state_future: Futu
         if not live:
             continue
         try:
-            _run_dataset(lm, live[0][1].source, [r for _, _, r in live], ctx, opts)
+            _run_dataset(lm, live[0][1].source, [r for _, _, r in live], ctx, opts, before_decode=sh.quiesce)
         except Exception as e:
             for u, _, _ in live:
                 _fail(store, u, lm, e, common, time.time() - t1, counts, progress)
@@ -494,7 +590,7 @@ def _evaluate_checkpoint(sh: _Shared, ckpt_units: list[Unit], state_future: Futu
         evict_checkpoint(spec)
 
 
-def _prefetch(pool: ThreadPoolExecutor, spec: ModelSpec) -> Future | None:
+def _prefetch(pool: _Reader, spec: ModelSpec) -> Future | None:
     """Read a local checkpoint file in the background (I/O and unpickling overlap compute); a hub grid
     checkpoint (`hf-hub-file:`) is downloaded there first, just in time. A spec that will fail anyway
     (`spec.error`) is neither downloaded nor read."""

@@ -111,6 +111,13 @@ class UnitStore:
         self._index = self.read()
         return {u.uid: u.status for u in self._index}
 
+    def unit_rows(self, uid: str) -> list[dict[str, Any]] | None:
+        """The rows of one unit file, or None if it is absent or unreadable."""
+        try:
+            return json.loads(self.path(uid).read_text())["rows"]
+        except (OSError, ValueError, KeyError):
+            return None
+
     def reinstate(self, uids: Any) -> int:
         """Make these finished units current again where another unit of their (checkpoint, task)
         was written later (a run asked for them again, e.g. back to fp32 after an amp run)."""

@@ -147,3 +147,29 @@ def test_start_method_by_threads_and_picklability(monkeypatch, live_thread):
     # the thread path: same pixels, in order, through the same decode_all
     want = cache.decoded_images(source, cfg, None, num_workers=0)
     np.testing.assert_array_equal(cache.decoded_images(lam, cfg, None, num_workers=2), want)
+
+
+def test_engine_lets_its_threads_finish_so_decoders_fork(monkeypatch, tmp_path):
+    """The engine's prefetch and fsync threads are joined before images are decoded, so decode
+    workers are forked (no forkserver start-up, no `__main__` guard needed in user scripts)."""
+    from _util import TINY_S, save_training_checkpoint, tiny_clip
+
+    from evalkit.engine import RunOptions, run
+    from evalkit.models.spec import ModelSpec
+    from evalkit.tasks.registry import get_task
+
+    ckpts = [save_training_checkpoint(tiny_clip(TINY_S, seed=s), tmp_path / f"r{s}" / "epoch_1.pt") for s in (1, 2)]
+    seen = []
+    real = cache.DataLoader
+
+    def spy(*args, **kw):
+        ctx = kw.get("multiprocessing_context")
+        seen.append((ctx.get_start_method() if ctx else "fork", threading.active_count()))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(cache, "DataLoader", spy)
+    specs = [ModelSpec(model=str(TINY_S), pretrained=str(p), name=p.parent.name) for p in ckpts]
+    counts = run(specs, [get_task("shapes"), get_task("shapes_coco")],
+                 RunOptions(out=tmp_path / "out", device="cpu", cache_dir=tmp_path / "cache", num_workers=2))
+    assert counts["ok"] == 4
+    assert seen == [("fork", 1), ("fork", 1)]  # two datasets decoded once each, from a single-threaded process

@@ -331,18 +331,23 @@ def decoded_images(
     cache_dir: Path | None = None,
     num_workers: int | None = None,
     progress: bool = False,
+    before_decode: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """uint8 [N, 3, S, S] pixels of `source`: read from the cache, or decoded (and cached) now.
 
     With `cache_dir=None` the pixels are decoded into memory and not kept. If another process or
     host is decoding the same entry, this waits for it and reads its result instead of decoding too.
     `num_workers` defaults to the CPUs this process may use (its affinity), at most 8.
+    `before_decode` is called only when images are about to be decoded here: the engine lets its
+    background threads finish then, so decode workers can be forked (cheap, no `__main__` guard).
     """
     if num_workers is None:
         num_workers = min(8, available_cpus())
     shape = (len(source), 3, cfg.size, cfg.size)
     if cache_dir is None:
         arr = np.empty(shape, dtype=np.uint8)
+        if before_decode is not None:
+            before_decode()
         decode_all(source, cfg, arr, num_workers, progress)
         return arr
     entry = entry_dir(source, cfg, Path(cache_dir))
@@ -354,6 +359,8 @@ def decoded_images(
     def build(lock: _BuildLock) -> None:
         def fill(tmp: Path) -> None:
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            if before_decode is not None:
+                before_decode()
             decode_all(source, cfg, arr, num_workers, progress, on_batch=lock.beat)
             lock.beat(force=True)
             arr.flush()

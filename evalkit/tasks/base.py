@@ -20,6 +20,42 @@ from evalkit.tasks.spec import TaskSpec
 
 PROTOCOLS: dict[str, type[TaskRunner]] = {}
 
+# The built-in protocols, read in this one place; other packages add theirs through the entry-point
+# group `evalkit.protocols` (a module that calls `register_protocol`).
+PROTOCOL_MODULES = ("evalkit.tasks.zeroshot_classification", "evalkit.tasks.zeroshot_retrieval",
+                    "evalkit.tasks.segmentation")
+_LOADED = False
+
+
+def protocols() -> dict[str, type[TaskRunner]]:
+    """Every registered protocol (built-ins and entry points imported on first use)."""
+    global _LOADED
+    if not _LOADED:
+        import importlib
+        from importlib.metadata import entry_points
+
+        for mod in PROTOCOL_MODULES:
+            importlib.import_module(mod)
+        for ep in entry_points(group="evalkit.protocols"):
+            ep.load()
+        _LOADED = True
+    return PROTOCOLS
+
+
+# What the engine can compute from a batch of images, by name: a protocol's `needs` names one, and
+# the engine computes each needed readout once per batch through this table (a new readout is one
+# `READOUTS[name] = fn` in the protocol's module; engine.py never changes).
+READOUTS: dict[str, Callable[[LoadedModel, torch.Tensor], torch.Tensor]] = {
+    "image_features": lambda lm, images: lm.encode_image(images),
+    "patch_tokens": lambda lm, images: lm.image_patch_tokens(images),
+    "dense_features": lambda lm, images: lm.image_dense_features(images),
+}
+
+
+@dataclass
+class NoOptions:
+    """A protocol with no options of its own."""
+
 
 @dataclass
 class RunContext:
@@ -30,6 +66,7 @@ class RunContext:
     text_batch_size: int = 1024
     cache_dir: Path | None = None  # decode-once cache for images a protocol reads itself (probe training)
     num_workers: int | None = None
+    before_decode: Callable[[], None] | None = None  # the engine's: let its threads finish before decoding
 
 
 @dataclass
@@ -45,8 +82,15 @@ class TaskRunner:
 
     needs: str = "image_features"  # or "patch_tokens", "dense_features"; a runner may set it per instance
 
-    default_metrics: ClassVar[list[str]] = []
+    default_metrics: ClassVar[list[str]] = []  # every metric it computes; a task file's `metrics:` picks some
     default_main_metric: ClassVar[str] = ""
+    # The task-file keys it takes beyond the common ones, with types and defaults: the registry refuses
+    # unknown keys and wrong types and fills in the defaults, so they are part of the task hash.
+    Options: ClassVar[type] = NoOptions
+
+    @classmethod
+    def check_options(cls, spec: TaskSpec) -> None:
+        """Refuse option values the protocol cannot run (a `TaskError` naming the file)."""
 
     def __init__(self, spec: TaskSpec, source: ImageSource) -> None:
         self.spec, self.source = spec, source
@@ -81,24 +125,33 @@ def open_task(spec: TaskSpec, root: Path | str) -> tuple[TaskSpec, ImageSource]:
 
         kind = dataset_type(Path(root))
         spec = replace(spec, type=f"zeroshot_{kind}")
-        if spec.type not in PROTOCOLS:
+        if spec.type not in protocols():
             raise ValueError(f"{root}: dataset_type.txt says '{kind}', which evalkit has no protocol for")
-        proto = PROTOCOLS[spec.type]
+        proto = protocols()[spec.type]
         spec = replace(spec, metrics=list(proto.default_metrics), main_metric=proto.default_main_metric)
         if kind == "retrieval":
             spec = replace(spec, classnames=None, templates=None)
-    if spec.type not in PROTOCOLS:
-        raise ValueError(f"task {spec.name} ({spec.source}): unknown type '{spec.type}' (known: {', '.join(sorted(PROTOCOLS))})")
-    source = PROTOCOLS[spec.type].open_source(root, spec)
+    if spec.type not in protocols():
+        raise ValueError(f"task {spec.name} ({spec.source}): unknown type '{spec.type}' (known: {', '.join(sorted(protocols()))})")
+    source = protocols()[spec.type].open_source(root, spec)
+    if spec.classnames == "imagenet_subset":  # ImageNet-A/-R: the folder's classes named as in ImageNet-1k
+        from evalkit.tasks.zeroshot_classification import imagenet_subset_names
+
+        spec = replace(spec, classnames=imagenet_subset_names(source, spec))
     # the data's identity joins the hash: other files (or edited ones) are another task, never a resume
     data = {"fingerprint": source.fingerprint, "n_images": len(source), **source.meta.get("task_data", {})}
     spec = spec.resolved(source.classnames, source.templates, data)
-    PROTOCOLS[spec.type].validate(spec, source)  # a wrong folder is an error, never a score
+    protocols()[spec.type].validate(spec, source)  # a wrong folder is an error, never a score
     return spec, source
 
 
 def register_protocol(name: str) -> Callable[[type[TaskRunner]], type[TaskRunner]]:
     def deco(cls: type[TaskRunner]) -> type[TaskRunner]:
+        if name in PROTOCOLS and PROTOCOLS[name] is not cls:
+            import warnings
+
+            warnings.warn(f"protocol '{name}' registered twice ({PROTOCOLS[name].__module__}, then {cls.__module__})",
+                          stacklevel=2)
         PROTOCOLS[name] = cls
         return cls
 

@@ -18,6 +18,7 @@ bilinearly to that crop, then argmax. mIoU / pixel accuracy: `seg_metrics.Segmen
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -120,8 +121,27 @@ def upsampled_logits(logits: torch.Tensor, grid: tuple[int, int], size: int) -> 
     return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
 
 
+@dataclass
+class SegmentationOptions:
+    """Task-file keys of a segmentation task beyond the common ones (each protocol's block must
+    declare exactly its settings, see PROTOCOL_KEYS)."""
+
+    num_classes: int
+    protocol: str = "linear"  # linear | zero-shot
+    geometry: str = "center_crop"
+    linear: dict | None = None
+    zero_shot: dict | None = None
+
+
 @register_protocol("segmentation")
 class Segmentation(TaskRunner):
+    Options = SegmentationOptions
+
+    @classmethod
+    def check_options(cls, spec: TaskSpec) -> None:
+        protocol_options(spec)
+        num_classes_of(spec)
+
     """Either protocol; the shared part is geometry, upsampling and the metric."""
 
     default_metrics: ClassVar[list[str]] = ["miou", "pixel_acc"]
@@ -229,7 +249,8 @@ def extract_patch_tokens(lm: LoadedModel, source: ImageSource, ctx: RunContext) 
     from evalkit.data.cache import decoded_images
     from evalkit.data.preprocess import normalize
 
-    pixels = decoded_images(source, lm.preprocess, ctx.cache_dir, num_workers=ctx.num_workers)
+    pixels = decoded_images(source, lm.preprocess, ctx.cache_dir, num_workers=ctx.num_workers,
+                            before_decode=ctx.before_decode)
     out = []
     for start in range(0, len(source), EXTRACT_BATCH):
         batch = torch.from_numpy(np.array(pixels[start:start + EXTRACT_BATCH])).to(ctx.device)

@@ -26,12 +26,17 @@ IMAGENET1K_LAYOUT = ("point --data-root at the ImageNet-1k val folder (<root>/va
 
 
 def build_classifier(lm: LoadedModel, classnames: list[str], templates: list[str], ctx: RunContext) -> torch.Tensor:
-    """[D, C] zero-shot weights."""
-    texts = [t.format(c=c) for c in classnames for t in templates]
-    feats = encode_texts(lm, texts, ctx).view(len(classnames), len(templates), -1)
-    weights = F.normalize(feats, dim=-1).mean(dim=1)
-    weights = weights / weights.norm(dim=-1, keepdim=True)
-    return weights.T.contiguous()
+    """[D, C] zero-shot weights, built once per checkpoint for each (classnames, templates): ImageNet-1k,
+    -V2 and -Sketch share one classifier (80,000 prompts) instead of encoding it three times."""
+    cache = lm.__dict__.setdefault("_classifiers", {})
+    key = (tuple(classnames), tuple(templates))
+    if key not in cache:
+        texts = [t.format(c=c) for c in classnames for t in templates]
+        feats = encode_texts(lm, texts, ctx).view(len(classnames), len(templates), -1)
+        weights = F.normalize(feats, dim=-1).mean(dim=1)
+        weights = weights / weights.norm(dim=-1, keepdim=True)
+        cache[key] = weights.T.contiguous()
+    return cache[key]
 
 
 def topk_hits(logits: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
@@ -71,6 +76,26 @@ def imagenet1k_wnids() -> list[str] | None:
             if len(wnids) == 1000 and wnids == sorted(wnids):
                 return wnids
     return None
+
+
+def imagenet_subset_names(source: ImageSource, spec: TaskSpec) -> list[str]:
+    """Class names of an ImageNet-1k subset (ImageNet-A/-R): the data's own list (a wds folder's
+    classnames.txt), else ImageNet-1k's names of the folder layout's wnids, in the folders' order."""
+    if source.classnames:
+        return list(source.classnames)
+    from evalkit.tasks.spec import open_clip_list
+
+    wnids, known = list(source.meta.get("wnids") or []), imagenet1k_wnids()
+    if not wnids or known is None:
+        raise DataError(f"{source.name}: task {spec.name} ({spec.source}) names its classes from the folder's "
+                        "ImageNet wnids, but the data has neither a classnames.txt nor wnid class folders.")
+    index = {w: i for i, w in enumerate(known)}
+    bad = [w for w in wnids if w not in index]
+    if bad:
+        raise DataError(f"{source.name}: {len(bad)} class folders are not ImageNet-1k wnids ({_few(bad)}), so "
+                        f"task {spec.name} cannot name them. Point --data-root at the {spec.dataset} data.")
+    names = open_clip_list("IMAGENET_CLASSNAMES")
+    return [names[index[w]] for w in wnids]
 
 
 def is_imagenet1k(spec: TaskSpec) -> bool:

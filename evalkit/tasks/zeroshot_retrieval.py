@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -113,8 +114,17 @@ def retrieval_metrics(hits: dict[str, dict], ks: list[int]) -> dict[str, float]:
     return metrics
 
 
+@dataclass
+class RetrievalOptions:
+    """Task-file keys of a retrieval task beyond the common ones."""
+
+    annotation_file: str | None = None  # the captions file, when not the layout's default name
+    similarity_block_mb: float | None = None  # memory per similarity block (default 64 MiB); numbers unchanged
+
+
 @register_protocol("zeroshot_retrieval")
 class ZeroShotRetrieval(TaskRunner):
+    Options = RetrievalOptions
     """Captions are encoded once per checkpoint in `text_batch_size` batches; image features are kept
     (on the engine's device) until `result`, which scores the pairs in blocks."""
 
@@ -126,7 +136,7 @@ class ZeroShotRetrieval(TaskRunner):
     def __init__(self, spec: TaskSpec, source: ImageSource) -> None:
         super().__init__(spec, source)
         self.ks = recall_ks(list(spec.metrics))
-        self.block_mb = float(spec.options.get("similarity_block_mb", DEFAULT_BLOCK_MB))
+        self.block_mb = float(spec.options.get("similarity_block_mb") or DEFAULT_BLOCK_MB)
 
     @classmethod
     def open_source(cls, root, spec: TaskSpec) -> ImageSource:
@@ -147,7 +157,7 @@ class ZeroShotRetrieval(TaskRunner):
         if fmt != want:
             raise DataError(f"{source.name}: a {fmt.upper() if fmt == 'coco' else fmt.capitalize()} folder ({ann.name}), "
                             f"but task {spec.name} ({spec.source}) is {spec.dataset}. {fix}")
-        if (want == "flickr" and "annotation_file" not in spec.options
+        if (want == "flickr" and not spec.options.get("annotation_file")
                 and ann.name.split("_", 1)[0] in LOCAL_LAYOUT and not ann.name.startswith(f"{spec.dataset}_")):
             raise DataError(f"{source.name}: its annotation file is {ann.name}, but task {spec.name} ({spec.source}) "
                             f"is {spec.dataset}. {fix}")
