@@ -200,7 +200,8 @@ def assign_shards(units: list[Unit], n: int,
     """Split whole checkpoints over `n` shards, heaviest first onto the least loaded (LPT).
 
     A checkpoint weighs `cost(spec)` (compute per sample; unknown: the mean of the known ones) times
-    its number of units, so a ViT-L checkpoint counts ~12 ViT-B/32 ones and shards finish together.
+    the images of its units' tasks (ImageNet's 50,000 against Flickr's 1,000), so a ViT-L checkpoint
+    counts ~12 ViT-B/32 ones and shards finish together.
     Computed from the full plan (not from what is pending), so every shard agrees without talking;
     equal weights stay together in key order, so consecutive checkpoints reuse one built module.
     """
@@ -210,7 +211,11 @@ def assign_shards(units: list[Unit], n: int,
     per_sample = {k: (cost(us[0].spec) if cost else None) for k, us in by_ckpt.items()}
     known = [c for c in per_sample.values() if c]
     default = sum(known) / len(known) if known else 1.0
-    weight = {k: (per_sample[k] or default) * len(us) for k, us in by_ckpt.items()}
+    sizes = [_task_size(u.task) for u in units]
+    known_sizes = [z for z in sizes if z]
+    default_size = sum(known_sizes) / len(known_sizes) if known_sizes else 1.0
+    weight = {k: (per_sample[k] or default) * sum(_task_size(u.task) or default_size for u in us)
+              for k, us in by_ckpt.items()}
     order = sorted(by_ckpt, key=lambda k: (-round(weight[k], 6), k))
     loads = [0.0] * n
     shards: list[list[Unit]] = [[] for _ in range(n)]
@@ -219,6 +224,11 @@ def assign_shards(units: list[Unit], n: int,
         shards[i] += by_ckpt[k]
         loads[i] += weight[k]
     return shards
+
+
+def _task_size(task: TaskSpec) -> float | None:
+    """Images a unit of this task encodes (its resolved data's count; None when unresolved)."""
+    return float(task.data["n_images"]) if task.data and task.data.get("n_images") else None
 
 
 @functools.lru_cache(maxsize=256)

@@ -147,3 +147,19 @@ def test_collect_racing_a_finishing_shard_ends_complete(tmp_path, monkeypatch):
     (tmp_path / "units" / "b1.json").unlink()
     collect(tmp_path)
     assert sorted(pd.read_parquet(tmp_path / "results.parquet").unit_id) == ["a1", "a2", "b1"]
+
+
+def test_shards_weigh_units_by_their_tasks_images():
+    """Each unit weighs its task's image count: a checkpoint whose units read 10x the images weighs
+    10x, so one such checkpoint balances ten light ones."""
+    from dataclasses import replace
+
+    from evalkit.engine import Unit
+
+    big_task = replace(get_task("shapes"), name="big", data={"n_images": 10_000})
+    small_task = replace(get_task("shapes"), name="small", data={"n_images": 1_000})
+    units = [Unit(ModelSpec(model="m", pretrained="heavy"), big_task, "h")]
+    units += [Unit(ModelSpec(model="m", pretrained=f"light{i}"), small_task, f"l{i}") for i in range(10)]
+    shards = assign_shards(units, 2, lambda spec: 1.0)
+    assert sorted(len(s) for s in shards) == [1, 10]
+    assert {u.uid for s in shards if len(s) == 1 for u in s} == {"h"}
