@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from evalkit.models import clip as _clip  # noqa: F401  (registers the family)
+from evalkit.models import source as src
 from evalkit.models.checkpoint import CheckpointError, load_into, read_state_dict
 from evalkit.models.configs import ModelNotFound, get_arch_config, read_config_file
-from evalkit.models.family import LoadedModel, PreprocessCfg, family_for
+from evalkit.models.family import LoadedModel, ModelFamily, PreprocessCfg, family_for, get_family
 from evalkit.models.hub import read_dir_layout, resolve_hub
-from evalkit.models.spec import ModelSpec
-
-try:  # the MaMMUT family registers itself when its module is present
-    from evalkit.models import mammut as _mammut  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
+from evalkit.models.spec import ModelSpec, check_preprocess
 
 
 def _size(cfg: dict[str, Any]) -> int:
@@ -30,16 +24,21 @@ def _size(cfg: dict[str, Any]) -> int:
     return int(size)
 
 
-def _preprocess(cfg: dict[str, Any], overrides: dict[str, Any]) -> PreprocessCfg:
-    base = PreprocessCfg(size=_size(cfg))
-    kw: dict[str, Any] = {}
-    for key in ("mean", "std"):
-        if overrides.get(key) is not None:
-            kw[key] = tuple(float(v) for v in overrides[key])
-    for key in ("interpolation", "resize_mode"):
-        if overrides.get(key):
-            kw[key] = str(overrides[key])
-    return PreprocessCfg(**{**base.__dict__, **kw})
+def _preprocess(cfg: dict[str, Any], overrides: dict[str, Any], family: dict[str, Any] | None = None,
+                spec: dict[str, Any] | None = None) -> PreprocessCfg:
+    """The image size of the config, then, each overriding the one before: the family's `preprocess`
+    hook, the source's (hub `preprocess_cfg`, pretrained tag; mean/std/interpolation/resize_mode only)
+    and the spec's (a zoo entry's `preprocess:`, any key of `PREPROCESS_KEYS`)."""
+    kw: dict[str, Any] = {"size": _size(cfg)}
+    for layer, keys in ((family or {}, ("size", "mean", "std", "interpolation", "resize_mode")),
+                        (overrides, ("mean", "std", "interpolation", "resize_mode")),
+                        (spec or {}, ("size", "mean", "std", "interpolation", "resize_mode"))):
+        for key in keys:
+            v = layer.get(key)
+            if v is None or v == "":
+                continue
+            kw[key] = tuple(float(x) for x in v) if key in ("mean", "std") else int(v) if key == "size" else str(v)
+    return PreprocessCfg(**kw)
 
 
 def resolve_source(spec: ModelSpec) -> tuple[str, dict[str, Any], dict[str, Any], Path | None]:
@@ -47,25 +46,27 @@ def resolve_source(spec: ModelSpec) -> tuple[str, dict[str, Any], dict[str, Any]
     if spec.error:  # a grid checkpoint that cannot be built (unparseable name, unsupported namespace)
         raise ModelNotFound(spec.error)
     model = spec.model
-    if model.startswith("hf-hub:"):
-        cfg, pp, weights = resolve_hub(model[len("hf-hub:"):])
+    source = src.parse_source(model)
+    if source.kind == src.HF_HUB:
+        cfg, pp, weights = resolve_hub(source.value)
         return model, cfg, pp, weights
-    if model.startswith("local-dir:"):
-        cfg, pp, weights = read_dir_layout(Path(model[len("local-dir:"):]).expanduser())
+    if source.kind == src.LOCAL_DIR:
+        cfg, pp, weights = read_dir_layout(source.path)
         return model, cfg, pp, weights
-    if model.endswith(".json"):
-        path = Path(model).expanduser()
-        if not path.is_file():
-            raise ModelNotFound(f"{path}: model-config JSON not found.")
+    if source.kind == src.CONFIG:
+        if not source.path.is_file():
+            raise ModelNotFound(f"{source.path}: model-config JSON not found.")
         name = Path(model).stem
-        cfg = read_config_file(path)
+        cfg = read_config_file(source.path)
         return name, cfg, {}, _pretrained_file(name, spec.pretrained)
-    cfg = get_arch_config(spec.arch or model)
+    if source.kind == src.HF_HUB_FILE:
+        raise ModelNotFound(f"{model}: a checkpoint file, not a model; give it as pretrained with the architecture as model.")
+    cfg = get_arch_config(spec.arch or model)  # a name (or a path that is not a config: said unknown there)
     return model, cfg, _tag_preprocess(model, spec.pretrained, cfg), _pretrained_file(model, spec.pretrained)
 
 
 def _tag_preprocess(arch: str, pretrained: str | None, cfg: dict[str, Any]) -> dict[str, Any]:
-    if not pretrained or os.path.exists(pretrained):
+    if not pretrained or src.parse_source(pretrained).kind != src.NAME:  # a file: no tag to read
         return {}
     import open_clip
 
@@ -78,12 +79,15 @@ def _tag_preprocess(arch: str, pretrained: str | None, cfg: dict[str, Any]) -> d
 def _pretrained_file(arch: str, pretrained: str | None) -> Path | None:
     if not pretrained:
         return None
-    if pretrained.startswith("hf-hub-file:"):  # a checkpoint file of a hub repo (--grid hf-hub:ORG/REPO)
+    source = src.parse_source(pretrained)
+    if source.kind == src.HF_HUB_FILE:  # a checkpoint file of a hub repo (--grid hf-hub:ORG/REPO)
         from evalkit.models.hub_grid import fetch_checkpoint
 
         return fetch_checkpoint(pretrained)
-    path = Path(pretrained).expanduser()
-    if path.exists() or "/" in pretrained or path.suffix in (".pt", ".bin", ".pth", ".safetensors"):
+    if source.includes_weights:
+        raise CheckpointError(f"{pretrained}: a model with its own weights, not a weights file: give it as the model.")
+    if source.kind in (src.FILE, src.CONFIG):
+        path = source.path
         if not path.is_file():
             raise CheckpointError(f"{path}: no such checkpoint file. Check the path (or glob) you gave.")
         return path
@@ -113,7 +117,7 @@ def _tokenizer(family, name: str, cfg: dict[str, Any]):
     which across a grid of identical architectures would cost more than loading the weights."""
     import json
 
-    key = json.dumps([family.name, cfg.get("text_cfg", {}), "hf-hub" if name.startswith("hf-hub:") else ""],
+    key = json.dumps([family.name, cfg.get("text_cfg", {}), "hf-hub" if src.parse_source(name).kind == src.HF_HUB else ""],
                      sort_keys=True, default=str)
     if key not in _TOKENIZERS:
         _TOKENIZERS[key] = family.tokenizer(name, cfg)
@@ -144,13 +148,12 @@ def load_model(spec: ModelSpec | str, pretrained: str | None = None, device: str
     name, cfg, pp, weights = resolve_source(spec)
     if state is None and weights is not None:
         state = read_state_dict(weights)
-    family = family_for(name, cfg, set(state) if state is not None else None)
+    family: type[ModelFamily] = family_for(name, cfg, set(state) if state is not None else None)
     if spec.family and spec.family != family.name:
-        from evalkit.models.family import FAMILIES
-
-        if spec.family not in FAMILIES:
-            raise ModelNotFound(f"{spec.name}: unknown family '{spec.family}' (known: {', '.join(sorted(FAMILIES))}).")
-        family = FAMILIES[spec.family]
+        try:
+            family = get_family(spec.family)
+        except ModelNotFound as e:
+            raise ModelNotFound(f"{spec.name}: {e}") from None
     import json
 
     key = json.dumps([family.name, name, cfg, str(device)], sort_keys=True, default=str)
@@ -168,17 +171,15 @@ def load_model(spec: ModelSpec | str, pretrained: str | None = None, device: str
         state = family.prepare_state_dict(model, state)
         load_into(model, state, weights)
     model.eval().to(device)
-    pooling = family.text_pooling
-    if hasattr(family, "text_pooling_for"):
-        pooling = family.text_pooling_for(model)
+    spec_pp = check_preprocess(spec.preprocess, spec.name) if spec.preprocess else None
     return LoadedModel(
         model=model,
         family=family.name,
         arch=spec.arch or name,
-        preprocess=_preprocess(cfg, pp),
+        preprocess=_preprocess(cfg, pp, family.preprocess(name, cfg), spec_pp),
         tokenizer=_tokenizer(family, name, cfg),
         context_length=int(cfg.get("text_cfg", {}).get("context_length", 77)),
-        text_pooling=pooling,
+        text_pooling=family.text_pooling_for(model),
         model_cfg=cfg,
         source=str(weights) if weights is not None else spec.model,
     )

@@ -1,21 +1,39 @@
-"""Model families: how an architecture is built, tokenized and read out.
+"""Model families: how an architecture is built, tokenized, preprocessed and read out.
 
-A family is one small module (see `clip.py`, `mammut.py`) that subclasses `ModelFamily` and
-decorates it with `@register_family`. Everything above the models layer only sees `LoadedModel`,
-so adding a family never touches tasks or the engine.
+A family is one module that subclasses `ModelFamily`, overrides the hooks it needs (each is declared
+here with a default) and decorates the class with `@register_family` (docs/adding-a-model-family.md).
+The registry is filled lazily, on the first `families()` call, from the one list of built-in family
+modules (`FAMILY_MODULES`) and from the `evalkit.families` entry points of installed packages.
+Everything above the models layer only sees `LoadedModel`, so adding a family never touches tasks or
+the engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
 
 from evalkit.data.preprocess import PreprocessCfg
 
-FAMILIES: dict[str, type[ModelFamily]] = {}
+log = logging.getLogger(__name__)
+
+# The built-in families, imported on the first `families()` call: the one place that names them.
+FAMILY_MODULES: tuple[str, ...] = ("evalkit.models.clip", "evalkit.models.mammut")
+# Installed packages add families through entry points of this group; each names a module (importing it
+# registers its families) or a `ModelFamily` subclass (registered as it is).
+ENTRY_POINT_GROUP = "evalkit.families"
+
+
+class FamilyRegistrationWarning(UserWarning):
+    """Two different classes registered under one family name: the later one replaces the earlier."""
 
 
 @dataclass
@@ -34,46 +52,73 @@ class LoadedModel:
     model_cfg: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
+    @property
+    def family_cls(self) -> type[ModelFamily]:
+        return get_family(self.family)
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(images, normalize=True)
+        """Normalised image features [B, E]."""
+        return self.family_cls.encode_image(self.model, images)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens, normalize=True)
+        """Normalised text features [B, E]."""
+        return self.family_cls.encode_text(self.model, tokens)
 
     def encode_prompts(self, tokens: torch.Tensor) -> torch.Tensor:
         """Like `encode_text`, but a family may skip work that cannot change the result (see clip.py)."""
-        fam = FAMILIES[self.family]
-        if hasattr(fam, "encode_text_prefix"):
-            return fam.encode_text_prefix(self.model, tokens)
-        return self.encode_text(tokens)
+        return self.family_cls.encode_text_prefix(self.model, tokens)
 
     def image_patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens [B, N, D] of the image tower (for segmentation probes)."""
-        return FAMILIES[self.family].image_patch_tokens(self.model, images)
+        return self.family_cls.image_patch_tokens(self.model, images)
 
     def image_dense_features(self, images: torch.Tensor) -> torch.Tensor:
         """Per-patch features [B, N, E] in the joint image-text space, unnormalised (zero-shot segmentation)."""
-        return FAMILIES[self.family].image_dense_features(self.model, images)
+        return self.family_cls.image_dense_features(self.model, images)
 
 
 class ModelFamily:
-    """One family of architectures. Subclasses override the classmethods."""
+    """One family of architectures. Subclasses set `name` and override the classmethods they need:
+    `build` always; every other hook has a default that fits an open_clip-like two-tower model."""
 
     name: ClassVar[str] = ""
+    # "eot": causal text tower pooled at the EOT token (prompts may be cut after the longest one);
+    # "mean": pooled over all positions. Per built model: `text_pooling_for`.
     text_pooling: ClassVar[str] = "eot"
+
+    # -- which architectures are this family's --------------------------------------------------------
 
     @classmethod
     def matches(cls, model_name: str, model_cfg: dict[str, Any]) -> bool:
-        raise NotImplementedError
+        """Whether an architecture (name and model config) is this family's. Default: never, so the
+        family is used only when asked for by name (`--family`, a zoo entry's `family:`)."""
+        return False
 
     @classmethod
     def matches_state_dict(cls, keys: set[str]) -> bool:
         """Whether a checkpoint's keys look like this family (used when the name is ambiguous)."""
         return False
 
+    # -- building and loading ----------------------------------------------------------------------
+
     @classmethod
     def build(cls, model_name: str, model_cfg: dict[str, Any]) -> torch.nn.Module:
-        raise NotImplementedError
+        """The randomly initialised module of an architecture (weights are loaded into it next)."""
+        raise NotImplementedError(f"family {cls.name or cls.__name__} does not define build()")
+
+    @classmethod
+    def prepare_state_dict(cls, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Adapt a loaded state dict to the model (resize position embeddings, scalar shapes)."""
+        return state
+
+    @classmethod
+    def preprocess(cls, model_name: str, model_cfg: dict[str, Any]) -> dict[str, Any]:
+        """The family's image preprocessing (keys of `PreprocessCfg`: size, mean, std, interpolation,
+        resize_mode) where it differs from open_clip's defaults. A hub config's `preprocess_cfg`, a
+        pretrained tag's and a zoo entry's `preprocess:` override it, in that order."""
+        return {}
+
+    # -- text ------------------------------------------------------------------------------------------
 
     @classmethod
     def tokenizer(cls, model_name: str, model_cfg: dict[str, Any]) -> Callable[[list[str]], torch.Tensor]:
@@ -83,37 +128,153 @@ class ModelFamily:
         return open_clip.SimpleTokenizer(context_length=ctx)
 
     @classmethod
-    def prepare_state_dict(cls, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Adapt a loaded state dict to the model (resize position embeddings, scalar shapes)."""
-        return state
+    def text_pooling_for(cls, model: torch.nn.Module) -> str:
+        """The text pooling of a built model ("eot" or "mean"); default: the class's `text_pooling`."""
+        return cls.text_pooling
+
+    # -- readouts --------------------------------------------------------------------------------------
+
+    @classmethod
+    def encode_image(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Normalised image features [B, E]."""
+        return model.encode_image(images, normalize=True)
+
+    @classmethod
+    def encode_text(cls, model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """Normalised text features [B, E]."""
+        return model.encode_text(tokens, normalize=True)
+
+    @classmethod
+    def encode_text_prefix(cls, model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """Prompt encoding: `encode_text`, which a family may shortcut where the result cannot change
+        (clip.py cuts the padding after the last EOT under a causal mask)."""
+        return cls.encode_text(model, tokens)
+
+    @classmethod
+    def image_patch_tokens(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens [B, N, D] of the image tower (segmentation probes)."""
+        raise NotImplementedError(f"family {cls.name} has no patch-token readout yet")
+
+    @classmethod
+    def image_dense_features(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Per-patch features [B, N, E] in the joint space, unnormalised (zero-shot segmentation)."""
+        raise NotImplementedError(f"family {cls.name}: no dense projection into the joint space (zero-shot segmentation)")
 
     @classmethod
     def profile_forward(cls, model: torch.nn.Module, image: torch.Tensor, text: torch.Tensor) -> None:
         """The forward whose FLOPs count as the model's per-sample compute (open_clip's profiler)."""
         model(image, text)
 
-    @classmethod
-    def image_patch_tokens(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"family {cls.name} has no patch-token readout yet")
 
-    @classmethod
-    def image_dense_features(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"family {cls.name}: no dense projection into the joint space (zero-shot segmentation)")
+# ---------------------------------------------------------------------------------------------------
+# The registry
+
+_REGISTRY: dict[str, type[ModelFamily]] = {}
+_LOCK = threading.RLock()
+_LOADED = False
+_LOADING = False
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def register_family(cls: type[ModelFamily]) -> type[ModelFamily]:
-    FAMILIES[cls.name] = cls
+    """Class decorator: make `cls` a family under `cls.name`. Registering another class under a name
+    already taken warns (`FamilyRegistrationWarning`) and the new class replaces the old one."""
+    if not (isinstance(cls, type) and issubclass(cls, ModelFamily)):
+        raise TypeError(f"register_family: {cls!r} is not a ModelFamily subclass")
+    if not cls.name:
+        raise ValueError(f"register_family: {_qualname(cls)} has no `name`")
+    with _LOCK:
+        old = _REGISTRY.get(cls.name)
+        if old is not None and old is not cls and _qualname(old) != _qualname(cls):  # not a module reload
+            warnings.warn(f"model family '{cls.name}' registered twice: {_qualname(cls)} replaces {_qualname(old)}",
+                          FamilyRegistrationWarning, stacklevel=2)
+        _REGISTRY[cls.name] = cls
     return cls
+
+
+def unregister_family(name: str) -> type[ModelFamily] | None:
+    """Remove a family (tests, plug-ins replacing one); returns it, or None if there was none."""
+    with _LOCK:
+        return _REGISTRY.pop(name, None)
+
+
+def _load_entry_points() -> None:
+    from importlib.metadata import entry_points
+
+    try:
+        eps = entry_points(group=ENTRY_POINT_GROUP)
+    except Exception as e:  # a broken installed distribution must not take evalkit down
+        log.warning("evalkit: warning: cannot read the %s entry points (%s: %s)", ENTRY_POINT_GROUP, type(e).__name__, e)
+        return
+    for ep in eps:
+        try:
+            obj = ep.load()
+        except Exception as e:
+            log.warning("evalkit: warning: model family plug-in %s = %s failed to import (%s: %s); skipped",
+                        ep.name, ep.value, type(e).__name__, e)
+            continue
+        if isinstance(obj, type) and issubclass(obj, ModelFamily) and _REGISTRY.get(obj.name) is not obj:
+            register_family(obj)
+
+
+def families() -> Mapping[str, type[ModelFamily]]:
+    """Every registered family by name (read-only), the built-in modules and the entry points loaded
+    on the first call."""
+    global _LOADED, _LOADING
+    if not _LOADED:
+        with _LOCK:  # other threads wait for the whole list; this one may re-enter from a family module
+            if not _LOADED and not _LOADING:
+                _LOADING = True
+                try:
+                    for module in FAMILY_MODULES:
+                        importlib.import_module(module)
+                    _load_entry_points()
+                    _LOADED = True
+                finally:
+                    _LOADING = False
+    return MappingProxyType(_REGISTRY)
+
+
+class _Families(Mapping):
+    """`FAMILIES`: the registry as a lazily loaded read-only mapping (same as `families()`)."""
+
+    def __getitem__(self, name: str) -> type[ModelFamily]:
+        return families()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict(families()))
+
+    def __len__(self) -> int:
+        return len(families())
+
+    def __repr__(self) -> str:
+        return f"FAMILIES({sorted(families())})"
+
+
+FAMILIES: Mapping[str, type[ModelFamily]] = _Families()
+
+
+def get_family(name: str) -> type[ModelFamily]:
+    """The family registered as `name`; an unknown name is a `ModelNotFound` listing the known ones."""
+    fams = families()
+    if name not in fams:
+        from evalkit.models.configs import ModelNotFound
+
+        raise ModelNotFound(f"unknown model family '{name}' (known: {', '.join(sorted(fams))}).")
+    return fams[name]
 
 
 def family_for(model_name: str, model_cfg: dict[str, Any], state_keys: set[str] | None = None) -> type[ModelFamily]:
     """The family of an architecture: by name and config first, then by checkpoint keys, else CLIP."""
-    ordered = sorted(FAMILIES.values(), key=lambda f: f.name == "clip")  # clip is the fallback
+    ordered = [f for f in families().values() if f.name != "clip"]  # clip claims everything: the fallback
     for fam in ordered:
-        if fam.name != "clip" and fam.matches(model_name, model_cfg):
+        if fam.matches(model_name, model_cfg):
             return fam
     if state_keys is not None:
         for fam in ordered:
-            if fam.name != "clip" and fam.matches_state_dict(state_keys):
+            if fam.matches_state_dict(state_keys):
                 return fam
-    return FAMILIES["clip"]
+    return get_family("clip")

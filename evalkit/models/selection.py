@@ -3,6 +3,7 @@ grid in the zoo or on the hub, narrowed by `where`/`epochs`. Shared by the CLI a
 
 from __future__ import annotations
 
+from evalkit.models.source import HF_HUB, parse_source
 from evalkit.models.spec import ModelSpec
 
 
@@ -17,7 +18,7 @@ def model_specs(model: str | None = None, pretrained: str | None = None, *, chec
         return runs.specs_from_glob(checkpoints, **kw)
     if run_dir:
         return runs.specs_from_run_dir(run_dir, **kw)
-    if grid and grid.startswith("hf-hub:"):
+    if grid and parse_source(grid).kind == HF_HUB:
         from evalkit.models.hub_grid import specs_from_hub
 
         return specs_from_hub(grid, **kw)

@@ -5,13 +5,53 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from evalkit.models.source import parse_source
+
+PREPROCESS_KEYS = ("size", "mean", "std", "interpolation", "resize_mode")
+INTERPOLATIONS = ("bicubic", "bilinear")  # what open_clip's eval transform takes
+RESIZE_MODES = ("shortest", "longest", "squash")
+
+
+def check_preprocess(value: Any, where: str) -> dict[str, Any]:
+    """A `preprocess:` mapping validated and normalised (tuples of floats, int size); errors name `where`,
+    the key and what is allowed."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: preprocess must be a mapping with keys among {', '.join(PREPROCESS_KEYS)}.")
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        if key not in PREPROCESS_KEYS:
+            raise ValueError(f"{where}: unknown preprocess key '{key}' (allowed: {', '.join(PREPROCESS_KEYS)}).")
+        if v is None:
+            continue
+        if key in ("mean", "std"):
+            if (not isinstance(v, (list, tuple)) or len(v) != 3
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+                raise ValueError(f"{where}: preprocess {key} must be 3 numbers (R, G, B), got {v!r}.")
+            if key == "std" and any(x <= 0 for x in v):
+                raise ValueError(f"{where}: preprocess std must be positive, got {v!r}.")
+            out[key] = tuple(float(x) for x in v)
+        elif key == "size":
+            if isinstance(v, (list, tuple)) and len(v) == 2 and v[0] == v[1]:
+                v = v[0]
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{where}: preprocess size must be a positive integer (square images), got {v!r}.")
+            out[key] = v
+        else:
+            allowed = INTERPOLATIONS if key == "interpolation" else RESIZE_MODES
+            if v not in allowed:
+                raise ValueError(f"{where}: preprocess {key} must be one of {', '.join(allowed)}, got {v!r}.")
+            out[key] = v
+    return out
+
 
 @dataclass
 class ModelSpec:
     """One checkpoint to evaluate.
 
     `model` is what the user gave: an architecture name, `hf-hub:ORG/REPO`, `local-dir:DIR` or a
-    model-config JSON path; `pretrained` a tag, a weights file or None (random init).
+    model-config JSON path; `pretrained` a tag, a weights file, a `hf-hub-file:` reference or None
+    (random init): see evalkit/models/source.py. `preprocess` (from a zoo entry's `preprocess:`) overrides
+    the image preprocessing the checkpoint's config implies: `PREPROCESS_KEYS`.
 
     The paper's grid identity (`namespace`, `model_simple`, `samples_seen_scale_pretty`, `total_epochs`,
     `global_batch_size`, `run`: the training run's full name) goes into the results table as columns.
@@ -36,6 +76,7 @@ class ModelSpec:
     global_batch_size: int | None = None
     run: str | None = None
     error: str | None = None
+    preprocess: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -44,7 +85,7 @@ class ModelSpec:
     @property
     def checkpoint(self) -> str:
         """The weights' identity for the table: file path, hub id, or tag."""
-        if self.model.startswith(("hf-hub:", "local-dir:")):
+        if parse_source(self.model).includes_weights:
             return self.model
         return self.pretrained or ""
 

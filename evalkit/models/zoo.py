@@ -1,4 +1,10 @@
-"""The zoo: named models and grids declared in `checkpoints.yaml`."""
+"""The zoo: named models and grids declared in `checkpoints.yaml`.
+
+An entry (model or grid) may carry `preprocess:` (size, mean, std, interpolation, resize_mode: see
+`spec.check_preprocess`), which overrides what the checkpoint's config implies, e.g. SigLIP's mean/std
+of 0.5 and squash resizing. `${NAME}` in a value is a path variable a plug-in registered
+(evalkit/data/roots.py; `${EVALKIT_EMBEDDED_HOME}` comes from evalkit.embedded), else the environment's.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.models.configs import ModelNotFound
-from evalkit.models.spec import ModelSpec
+from evalkit.models.source import CONFIG, parse_source
+from evalkit.models.spec import ModelSpec, check_preprocess
 
 SPEC_FIELDS = ("family", "arch", "samples_seen", "pretrain_dataset", "lr_scheduler", "epoch")
 
@@ -42,14 +49,23 @@ def read_zoo(path: Path | None = None) -> dict[str, Any]:
 
 
 def _expand(value: Any, base: Path) -> Any:
-    """`${EVALKIT_EMBEDDED_HOME}`-style variables and paths relative to the zoo file."""
+    """`${NAME}` variables: a plug-in's path variables (`${EVALKIT_EMBEDDED_HOME}`), then the environment's."""
     if not isinstance(value, str):
         return value
-    if "${EVALKIT_EMBEDDED_HOME}" in value:
-        from evalkit.embedded.paths import embedded_home
+    if "$" in value:
+        from evalkit.data.roots import expand_path_variables
 
-        value = value.replace("${EVALKIT_EMBEDDED_HOME}", str(embedded_home()))
+        value = expand_path_variables(value)
     return os.path.expandvars(value)
+
+
+def _preprocess(entry: dict[str, Any], where: str) -> dict[str, Any] | None:
+    if entry.get("preprocess") is None:
+        return None
+    try:
+        return check_preprocess(entry["preprocess"], where)
+    except ValueError as e:
+        raise ModelNotFound(str(e)) from None
 
 
 def zoo_spec(name: str) -> ModelSpec | None:
@@ -61,9 +77,10 @@ def zoo_spec(name: str) -> ModelSpec | None:
     weights = _expand(entry.get("weights"), base)
     model = _expand(entry.get("model") or entry.get("arch"), base)
     pretrained = weights
-    if isinstance(weights, str) and weights.startswith(("hf-hub:", "local-dir:")):
+    if isinstance(weights, str) and parse_source(weights).includes_weights:
         model, pretrained = weights, None
-    return ModelSpec(model=model, pretrained=pretrained, name=name, **{k: entry.get(k) for k in SPEC_FIELDS})
+    return ModelSpec(model=model, pretrained=pretrained, name=name, **{k: entry.get(k) for k in SPEC_FIELDS},
+                     preprocess=_preprocess(entry, f"{zoo.get('path')}: models: {name}"))
 
 
 def grid_specs(name: str) -> list[ModelSpec]:
@@ -75,11 +92,15 @@ def grid_specs(name: str) -> list[ModelSpec]:
         close = difflib.get_close_matches(name, list(zoo["grids"]), n=5, cutoff=0.4)
         raise ModelNotFound(f"Unknown grid '{name}' in {zoo.get('path')}." + (f" Close names: {', '.join(close)}." if close else ""))
     base = Path(zoo.get("path", ".")).parent
-    return specs_from_glob(
+    preprocess = _preprocess(entry, f"{zoo.get('path')}: grids: {name}")
+    specs = specs_from_glob(
         _expand(entry["glob"], base), model=_expand(entry.get("arch"), base), family=entry.get("family"),
         samples_per_epoch=entry.get("samples_per_epoch"), pretrain_dataset=entry.get("pretrain_dataset"),
         lr_scheduler=entry.get("lr_scheduler"),
     )
+    for spec in specs:
+        spec.preprocess = dict(preprocess) if preprocess else None
+    return specs
 
 
 def resolve_model_arg(model: str, pretrained: str | None = None) -> ModelSpec:
@@ -87,7 +108,8 @@ def resolve_model_arg(model: str, pretrained: str | None = None) -> ModelSpec:
     spec = zoo_spec(model) if not pretrained else None
     if spec is not None:
         return spec
-    if model.startswith(("hf-hub:", "local-dir:")) or model.endswith(".json"):
+    source = parse_source(model)
+    if source.includes_weights or source.kind == CONFIG:
         return ModelSpec(model=model, pretrained=pretrained)
     import open_clip
 
