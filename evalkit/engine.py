@@ -33,6 +33,7 @@ from evalkit.models.checkpoint import read_state_dict
 from evalkit.models.factory import load_model, resolve_source
 from evalkit.models.family import LoadedModel
 from evalkit.models.flops import estimate_gflops, gflops_per_sample
+from evalkit.models.source import parse_source
 from evalkit.models.spec import ModelSpec
 from evalkit.progress import Progress
 from evalkit.results import UnitStore, collect, now, unit_id
@@ -611,7 +612,7 @@ def _prefetch(pool: _Reader, spec: ModelSpec) -> Future | None:
     if is_hub_file(spec.pretrained):
         ref, commit = spec.pretrained, spec.extra.get("hub_commit")
         return pool.submit(lambda: read_state_dict(fetch_checkpoint(ref, commit)))
-    if spec.pretrained and Path(spec.pretrained).is_file() and not spec.model.startswith(("hf-hub:", "local-dir:")):
+    if spec.pretrained and Path(spec.pretrained).is_file() and not parse_source(spec.model).includes_weights:
         return pool.submit(read_state_dict, spec.pretrained)
     return None
 

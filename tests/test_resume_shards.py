@@ -117,6 +117,7 @@ def test_sigkill_after_every_unit(grid, reference, tmp_path):
     _kill_and_resume(grid, reference, tmp_path, list(range(1, len(reference.groupby(["model", "task"])))))
 
 
+@pytest.mark.slow  # the real SLURM tests (make test-slurm) run 3 shards and srun ranks
 def test_four_concurrent_shards_give_the_full_table(grid, reference, tmp_path):
     out = tmp_path / "out"
     procs = [subprocess.Popen(_cmd(grid, out, tmp_path / "cache", "--shard", f"{i}/4"), env=ENV, cwd=REPO,
@@ -128,6 +129,7 @@ def test_four_concurrent_shards_give_the_full_table(grid, reference, tmp_path):
     pd.testing.assert_frame_equal(table, reference)
 
 
+@pytest.mark.slow  # test_slurm.py's srun --ntasks=3 inside sbatch covers it on a real cluster
 def test_slurm_ranks_pick_the_same_shards(grid, reference, tmp_path):
     out = tmp_path / "out"
     for rank in range(2):
@@ -143,6 +145,7 @@ def test_results_do_not_depend_on_batch_size(grid, reference, tmp_path):
     assert (other.value - reference.value).abs().max() <= 1e-6
 
 
+@pytest.mark.slow  # test_slurm.py submits the array to a real cluster
 def test_submit_runs_shards_as_an_array_with_submitits_local_executor(grid, reference, tmp_path):
     from evalkit.models.runs import specs_from_run_dir
     from evalkit.submit import submit
