@@ -16,6 +16,12 @@ between batches) has not changed for `LOCK_STALE_S` as seen by the waiter's own 
 between hosts does not matter), or its mtime is three times that old. A double build after a
 mistaken takeover costs time, not correctness: every build writes a private temp file and renames it
 into place.
+
+An entry can also be built in n pieces by n processes or array tasks (`build_piece`, `evalkit cache
+build --shard i/n`): piece i holds images [i*N/n, (i+1)*N/n) in `<entry>/pieces/<i>-of-<n>.npy`,
+each written atomically. Whoever next needs the entry and finds a complete set (the last piece
+builder, through `assemble`, or `decoded_images`) joins them under the build lock into `pixels.npy`,
+byte-identical to a single build, and removes the pieces.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from evalkit.data.preprocess import PreprocessCfg, pixel_transform
 from evalkit.data.sources import DataError, ImageSource
 
 LOCK_FILE = "build.lock"
+PIECES_DIR = "pieces"
 LOCK_HEARTBEAT_S = 10.0  # a builder touches its lock at least this often while it decodes
 LOCK_STALE_S = 600.0  # a lock whose heartbeat stood still this long (waiter's clock) is abandoned
 
@@ -355,13 +362,31 @@ def decoded_images(
     arr = _complete(final, shape)
     if arr is not None:
         return arr
+    build = _entry_builder(source, cfg, entry, final, shape, num_workers, progress, before_decode)
+    return _build_once(entry, final, shape, build, progress)
+
+
+def _entry_builder(source: ImageSource, cfg: PreprocessCfg, entry: Path, final: Path, shape: tuple[int, ...],
+                   num_workers: int, progress: bool, before_decode: Callable[[], None] | None
+                   ) -> Callable[[_BuildLock], None]:
+    """What the lock holder runs: assemble a complete set of pieces if there is one, else decode it all."""
 
     def build(lock: _BuildLock) -> None:
+        count = complete_pieces(entry, shape)
+
         def fill(tmp: Path) -> None:
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-            if before_decode is not None:
-                before_decode()
-            decode_all(source, cfg, arr, num_workers, progress, on_batch=lock.beat)
+            if count is not None:  # the same bytes a single build writes: same header, same pixels
+                start = 0
+                for i in range(count):
+                    piece = np.load(_piece_path(entry, i, count), mmap_mode="r")
+                    arr[start : start + len(piece)] = piece
+                    start += len(piece)
+                    lock.beat()
+            else:
+                if before_decode is not None:
+                    before_decode()
+                decode_all(source, cfg, arr, num_workers, progress, on_batch=lock.beat)
             lock.beat(force=True)
             arr.flush()
             del arr
@@ -372,8 +397,106 @@ def decoded_images(
         meta = {"source": source.name, "n": len(source), "pixel_key": cfg.pixel_key, "fingerprint": source.fingerprint,
                 "build_s": round(time.time() - t0, 3), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "built_by": f"{HOST} pid {os.getpid()}"}
+        if count is not None:
+            meta["assembled_from"] = f"{count} pieces"
         atomic_write_text(entry / "meta.json", json.dumps(meta, indent=1))
+        if count is not None:  # the pieces are a second copy of the pixels (GBs for ImageNet)
+            shutil.rmtree(entry / PIECES_DIR, ignore_errors=True)
 
+    return build
+
+
+# --- the cache built in pieces: `evalkit cache build --shard i/n`, one piece per process or array task ---
+
+
+def piece_bounds(total: int, index: int, count: int) -> tuple[int, int]:
+    """Images [start, stop) of piece `index` of `count`: [i*N/n, (i+1)*N/n)."""
+    if not 0 <= index < count:
+        raise ValueError(f"piece {index} of {count}: need 0 <= index < count")
+    return index * total // count, (index + 1) * total // count
+
+
+def _piece_path(entry: Path, index: int, count: int) -> Path:
+    return entry / PIECES_DIR / f"{index}-of-{count}.npy"
+
+
+def complete_pieces(entry: Path, shape: tuple[int, ...]) -> int | None:
+    """The n of a complete set of pieces `<entry>/pieces/<i>-of-<n>.npy` (every i, right shapes); None if none."""
+    counts = set()
+    for p in (entry / PIECES_DIR).glob("*-of-*.npy"):
+        try:
+            counts.add(int(p.stem.split("-of-")[1]))
+        except ValueError:
+            continue
+    for n in sorted(counts):
+        ok = True
+        for i in range(n):
+            start, stop = piece_bounds(shape[0], i, n)
+            if _complete(_piece_path(entry, i, n), (stop - start, *shape[1:])) is None:
+                ok = False
+                break
+        if ok:
+            return n
+    return None
+
+
+class _Offset:
+    """Image i of a piece is image start+i of the source (picklable, for the decode workers)."""
+
+    def __init__(self, opener: Callable, start: int) -> None:
+        self.opener, self.start = opener, start
+
+    def __call__(self, i: int):
+        return self.opener(self.start + i)
+
+
+def build_piece(source: ImageSource, cfg: PreprocessCfg, cache_dir: Path, shard: tuple[int, int],
+                num_workers: int | None = None, progress: bool = False) -> Path | None:
+    """Decode piece `i` of `n` (images [i*N/n, (i+1)*N/n)) into `<entry>/pieces/<i>-of-<n>.npy`, atomically.
+
+    Skipped when that piece is already complete or the entry's final `pixels.npy` exists (returns
+    None then). A piece killed mid-write leaves only a private temp folder, removed by the next build.
+    `assemble` then joins a complete set into the entry, byte-identical to a single-process build.
+    """
+    index, count = shard
+    if num_workers is None:
+        num_workers = min(8, available_cpus())
+    shape = (len(source), 3, cfg.size, cfg.size)
+    entry = entry_dir(source, cfg, Path(cache_dir))
+    if _complete(entry / "pixels.npy", shape) is not None:
+        return None
+    start, stop = piece_bounds(len(source), index, count)
+    path = _piece_path(entry, index, count)
+    piece_shape = (stop - start, *shape[1:])
+    if _complete(path, piece_shape) is not None:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent)  # a killed piece builder's half-written pixels
+    part = dataclasses.replace(source, ids=list(source.ids[start:stop]), opener=_Offset(source.opener, start),
+                               targets=[], meta={}, classnames=None, templates=None)
+
+    def fill(tmp: Path) -> None:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=piece_shape)
+        if len(part):
+            decode_all(part, cfg, arr, num_workers, progress)
+        arr.flush()
+        del arr
+
+    return atomic_write(path, fill)
+
+
+def assemble(source: ImageSource, cfg: PreprocessCfg, cache_dir: Path, progress: bool = False) -> np.ndarray | None:
+    """The entry's pixels, joined from a complete set of pieces if the final file is missing; None
+    while the pieces are incomplete. One process joins (the entry's build lock); others wait for it."""
+    shape = (len(source), 3, cfg.size, cfg.size)
+    entry = entry_dir(source, cfg, Path(cache_dir))
+    final = entry / "pixels.npy"
+    arr = _complete(final, shape)
+    if arr is not None:
+        return arr
+    if complete_pieces(entry, shape) is None:
+        return None
+    build = _entry_builder(source, cfg, entry, final, shape, 0, progress, None)
     return _build_once(entry, final, shape, build, progress)
 
 
