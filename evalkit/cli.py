@@ -104,11 +104,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     folder = args.log_folder or f"{args.out}/slurm"
     options = {**_run_options(args), "gpus_requested": bool(args.gpus_per_shard)}
     try:
-        sub = submit_shards(specs, tasks, options, args.shards, folder, cluster=args.cluster, slurm=slurm)
+        sub = submit_shards(specs, tasks, options, args.shards, folder, cluster=args.cluster, slurm=slurm,
+                            cache_first=args.cache_first)
     except SubmitError as e:
         print(f"evalkit submit: error: {e}", file=sys.stderr)
         return 2
     step = f" and a collect step after them (job {sub.collect_job.job_id})" if sub.collect_job is not None else ""
+    if sub.cache_jobs:
+        print(f"submitted {len(sub.cache_jobs)} cache pieces (job {sub.cache_jobs[0].job_id.split('_')[0]}) first",
+              flush=True)
     print(f"submitted {len(sub.jobs)} array tasks (job {sub.array_id}){step}; logs in {folder}", flush=True)
     if not args.wait:
         return 0
@@ -195,15 +199,19 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(f"removed {cache.remove_entries(cache_dir, args.match or '')} entries from {cache_dir}")
         return 0
     from evalkit.data.preprocess import PreprocessCfg
-    from evalkit.data.roots import resolve_root
-    from evalkit.tasks.base import open_task
+    from evalkit.engine import shard_from_env
+    from evalkit.submit import build_cache, pixel_configs
     from evalkit.tasks.registry import get_task
 
-    for t in [t for t in args.tasks.split(",") if t]:
-        spec = get_task(t)
-        _, src = open_task(spec, resolve_root(spec.dataset, args.data_root, spec.options.get("default_root")))
-        arr = cache.decoded_images(src, PreprocessCfg(size=args.size), cache_dir, progress=True)
-        print(f"{t}: {arr.shape[0]} images at {args.size}px cached in {cache_dir}")
+    tasks = [get_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
+    if args.model:  # the pixels the engine will ask for with this model (size, interpolation, resize mode)
+        from evalkit.models.selection import model_specs
+
+        cfgs = pixel_configs(model_specs(args.model, args.pretrained, family=args.family))
+    else:
+        cfgs = [PreprocessCfg(size=args.size)]
+    shard = args.shard or shard_from_env()
+    build_cache(tasks, args.data_root, cache_dir, cfgs, shard=shard, progress=True, say=print)
     return 0
 
 
@@ -224,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-folder", help="submitit logs (default: OUT/slurm)")
     s.add_argument("--cluster", choices=["slurm", "local", "debug"], help="default: slurm (an error where sbatch is missing); local runs the shards as processes here")
     s.add_argument("--wait", action="store_true", help="wait for every shard and print the table")
+    s.add_argument("--cache-first", type=int, default=0, metavar="N",
+                   help="first build the decode cache in N array tasks; the evaluation array waits for them (afterok)")
     s.set_defaults(func=cmd_submit)
     m = sub.add_parser("models", help="list the zoo (checkpoints.yaml)")
     m.add_argument("--archs", action="store_true", help="also list evalkit's own architectures")
@@ -239,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--tasks", default="", help="build: tasks whose images to cache")
     k.add_argument("--data-root")
     k.add_argument("--size", type=int, default=224)
+    k.add_argument("--model", help="build: take size/interpolation/resize mode from this model (as `run --model`) "
+                   "instead of --size")
+    k.add_argument("--pretrained", help="build: with --model, its pretrained tag (tags can change the preprocessing)")
+    k.add_argument("--family", help="build: with --model, force the model family")
+    k.add_argument("--shard", type=_shard, help="build: i/n, decode piece i of n (default: RANK/WORLD_SIZE or "
+                   "SLURM_PROCID/SLURM_NTASKS); whoever completes the set assembles the entry")
     k.add_argument("--match", help="rm: only entries whose name or source contains this")
     k.add_argument("--cache-dir")
     k.set_defaults(func=cmd_cache)

@@ -55,6 +55,72 @@ def collect_step(out: str) -> int:
     return len(collect(out))
 
 
+def pixel_configs(specs: list) -> list:
+    """The distinct pixel preprocessings (`PreprocessCfg`, one per `pixel_key`) the engine will ask the
+    decode cache for with these models, resolved from their configs without reading any weights.
+
+    As in `load_model`: the config's size, the family's hook, the source's overrides (hub config,
+    pretrained tag), the spec's `preprocess:`. The family comes from the name and config only (a family
+    told apart by checkpoint keys alone is not seen), so give `--family` for such checkpoints.
+    """
+    import dataclasses
+
+    from evalkit.models import source as src
+    from evalkit.models.factory import _preprocess, _tag_preprocess, resolve_source
+    from evalkit.models.family import family_for, get_family
+    from evalkit.models.spec import check_preprocess
+
+    seen: dict[str, Any] = {}
+    done: set[str] = set()
+    for spec in specs:
+        if spec.error:
+            continue
+        tag = spec.pretrained if spec.pretrained and src.parse_source(spec.pretrained).kind == src.NAME else None
+        key = repr((spec.model, spec.arch, tag, spec.family, spec.preprocess))
+        if key in done:
+            continue
+        done.add(key)
+        # without its weights (a tag or file would be fetched): the tag's preprocessing is read on its own
+        name, cfg, pp, _ = resolve_source(dataclasses.replace(spec, pretrained=None))
+        if tag and src.parse_source(spec.model).kind == src.NAME:
+            pp = _tag_preprocess(name, tag, cfg)
+        family = get_family(spec.family) if spec.family else family_for(name, cfg, None)
+        spec_pp = check_preprocess(spec.preprocess, spec.name) if spec.preprocess else None
+        pre = _preprocess(cfg, pp, family.preprocess(name, cfg), spec_pp)
+        seen.setdefault(pre.pixel_key, pre)
+    return list(seen.values())
+
+
+def build_cache(tasks: list, data_root: str | None, cache_dir: str | Path, cfgs: list,
+                shard: tuple[int, int] | None = None, progress: bool = False, say=None) -> int:
+    """Decode `tasks`' images into the cache for each pixel config: whole, or piece i of n with `shard`
+    (the process that completes the set assembles it). Returns how many entries are complete now."""
+    from evalkit.data import cache
+    from evalkit.data.roots import resolve_root
+    from evalkit.tasks.base import open_task
+
+    complete = 0
+    for spec in tasks:
+        _, source = open_task(spec, resolve_root(spec.dataset, data_root, spec.options.get("default_root")))
+        for cfg in cfgs:
+            if shard is None:
+                arr = cache.decoded_images(source, cfg, Path(cache_dir), progress=progress)
+            else:
+                cache.build_piece(source, cfg, Path(cache_dir), shard, progress=progress)
+                arr = cache.assemble(source, cfg, Path(cache_dir), progress=progress)
+            complete += arr is not None
+            if say is not None:
+                what = (f"{arr.shape[0]} images cached" if arr is not None
+                        else f"piece {shard[0]}/{shard[1]} cached, waiting for the other pieces")
+                say(f"{spec.name} at {cfg.pixel_key}: {what} in {cache_dir}")
+    return complete
+
+
+def cache_piece(index: int, count: int, tasks: list, data_root: str | None, cache_dir: str, cfgs: list) -> int:
+    """One task of the `--cache-first` array (module-level so submitit can pickle it)."""
+    return build_cache(tasks, data_root, cache_dir, cfgs, shard=(index, count))
+
+
 # states in which a job has not ended: submitit's list, and SUSPENDED (`scontrol suspend`, gang
 # scheduling) and the other transient states squeue reports
 _RUNNING = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED", "CONFIGURING",
@@ -162,6 +228,7 @@ class ShardOutcome:
 class Submission:
     jobs: list  # the array tasks (submitit jobs), one per shard
     collect_job: Any = None  # the afterany collect step (SLURM only)
+    cache_jobs: list = field(default_factory=list)  # the --cache-first pieces the array waits for (afterok)
     outcomes: list[ShardOutcome] = field(default_factory=list)  # filled by wait()
 
     @property
@@ -223,11 +290,15 @@ def _remove_new_files(folder: Path, existing: set[Path], made: list[Path]) -> No
 
 def submit_shards(specs: list, tasks: list, options: dict[str, Any], shards: int, folder: str | Path,
                   cluster: str | None = None, slurm: dict[str, Any] | None = None,
-                  wait: bool = False) -> Submission:
+                  wait: bool = False, cache_first: int = 0) -> Submission:
     """Submit `shards` array tasks and, on SLURM, the afterany collect step.
 
+    With `cache_first=N`, an array of N decode-cache pieces (`evalkit cache build --shard i/N` for the
+    tasks and every pixel config of the models) goes first, and the evaluation array waits for it
+    (`afterok`; on a local cluster, the pieces are waited for here before the array is submitted).
+
     Either all of it is submitted or nothing is: a refused array raises `SubmitError` with sbatch's
-    message; a refused collect step cancels the array first.
+    message; a refused collect step (or evaluation array after the cache pieces) cancels what went before.
     """
     try:
         import submitit
@@ -246,15 +317,32 @@ def submit_shards(specs: list, tasks: list, options: dict[str, Any], shards: int
     if executor.cluster != "slurm":
         params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
     executor.update_parameters(**params)
+    cache_jobs: list = []
+    if cache_first:
+        cache_jobs = _submit_cache_first(executor, cache_first, specs, tasks, options, folder, existing, made)
+        if executor.cluster == "slurm":
+            extra = {**params.get("slurm_additional_parameters", {}),
+                     "dependency": f"afterok:{cache_jobs[0].job_id.split('_')[0]}"}
+            executor.update_parameters(slurm_additional_parameters=extra)
+        else:  # no scheduler to hold the array back: the pieces end first, here
+            try:
+                for job in cache_jobs:
+                    job.result()
+            except Exception as e:
+                raise SubmitError(f"--cache-first: a cache piece failed: {str(e).strip().splitlines()[-1:]}") from None
+        slurm_only = {"slurm_array_parallelism": shards} if executor.cluster == "slurm" else {}
+        executor.update_parameters(name=params["name"], **slurm_only)
     args = (list(range(shards)), [shards] * shards, [specs] * shards, [tasks] * shards, [options] * shards)
     # submitit prints sbatch's stderr itself before raising it: keep it for the one error line
     with contextlib.redirect_stderr(io.StringIO()):
         try:
             jobs = executor.map_array(run_shard, *args)
         except FailedJobError as e:
+            if cache_jobs and executor.cluster == "slurm":
+                _cancel(cache_jobs[0].job_id.split("_")[0])
             _remove_new_files(folder, existing, made)
             raise SubmitError(f"sbatch refused the job array: {_sbatch_message(e)}") from None
-    sub = Submission(jobs)
+    sub = Submission(jobs, cache_jobs=cache_jobs)
     if executor.cluster == "slurm":
         for job in jobs:
             job.watcher = watcher()
@@ -274,6 +362,34 @@ def submit_shards(specs: list, tasks: list, options: dict[str, Any], shards: int
     if wait:
         sub.wait()
     return sub
+
+
+def _submit_cache_first(executor: Any, pieces: int, specs: list, tasks: list, options: dict[str, Any],
+                        folder: Path, existing: set[Path], made: list[Path]) -> list:
+    """The `--cache-first` array: piece i of `pieces` of every (task, pixel config) entry, on CPUs."""
+    from submitit.core.utils import FailedJobError
+
+    cache_dir = options.get("cache_dir", "unset")
+    if cache_dir is None:
+        raise SubmitError("--cache-first builds the decode cache, which --no-cache turns off")
+    if cache_dir == "unset":
+        from evalkit.data.cache import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    try:
+        cfgs = pixel_configs(specs)
+    except Exception as e:
+        raise SubmitError(f"--cache-first: cannot resolve the models' preprocessing: {e}") from None
+    slurm_only = {"slurm_array_parallelism": pieces} if executor.cluster == "slurm" else {}
+    executor.update_parameters(name="evalkit-cache", **slurm_only)
+    n = pieces
+    args = (list(range(n)), [n] * n, [tasks] * n, [options.get("data_root")] * n, [str(cache_dir)] * n, [cfgs] * n)
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            return executor.map_array(cache_piece, *args)
+        except FailedJobError as e:
+            _remove_new_files(folder, existing, made)
+            raise SubmitError(f"sbatch refused the --cache-first array: {_sbatch_message(e)}") from None
 
 
 def submit(specs: list, tasks: list, options: dict[str, Any], shards: int, folder: str | Path,
