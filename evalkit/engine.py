@@ -18,15 +18,14 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import evalkit
-from evalkit.data.cache import decoded_images, default_cache_dir, host_batches
-from evalkit.data.preprocess import normalize
+from evalkit.data.cache import default_cache_dir
 from evalkit.data.roots import resolve_root
 from evalkit.data.sources import DataError, ImageSource
 from evalkit.models.checkpoint import read_state_dict
@@ -37,7 +36,7 @@ from evalkit.models.source import parse_source
 from evalkit.models.spec import ModelSpec
 from evalkit.progress import Progress
 from evalkit.results import UnitStore, collect, now, unit_id
-from evalkit.tasks.base import READOUTS, RunContext, TaskRunner, open_task, protocols
+from evalkit.tasks.base import RunContext, TaskRunner, encode_images, open_task, protocols
 from evalkit.tasks.registry import expand, get_task
 from evalkit.tasks.spec import TaskSpec
 
@@ -287,38 +286,13 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def _to_device(batch: torch.Tensor, device: torch.device, copy_stream: torch.cuda.Stream | None) -> torch.Tensor:
-    """The next pinned uint8 batch on the device, copied on a side stream: the copy overlaps the
-    previous batch's forward, and the compute stream waits on an event, never the host."""
-    if copy_stream is None:
-        return batch.to(device)
-    compute = torch.cuda.current_stream(device)
-    with torch.cuda.stream(copy_stream):
-        images = batch.to(device, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record(copy_stream)
-    compute.wait_event(done)
-    images.record_stream(compute)  # allocated on the copy stream, used on the compute stream
-    return images
-
-
-@torch.no_grad()
 def _run_dataset(lm: LoadedModel, source: ImageSource, runners: list[TaskRunner], ctx: RunContext,
                  opts: RunOptions, before_decode: Callable[[], None] | None = None) -> None:
-    """Encode every image of `source` once and hand the features to each runner."""
-    pixels = decoded_images(source, lm.preprocess, Path(opts.cache_dir) if opts.cache_dir else None,
-                            num_workers=opts.num_workers, progress=bool(opts.progress), before_decode=before_decode)
-    needs = {r.needs for r in runners}
-    cuda = ctx.device.type == "cuda"
-    copy_stream = torch.cuda.Stream(ctx.device) if cuda else None
-    for start, stop, batch in host_batches(pixels, opts.batch_size, pin=cuda):
-        images = _to_device(batch, ctx.device, copy_stream)
-        images = normalize(images, lm.preprocess)
-        index = torch.arange(start, stop)  # pinned on CUDA, so runners' copies to the device stay async
-        if cuda:
-            index = index.pin_memory()
-        with ctx.autocast():  # each readout once per batch, whatever number of tasks reads it
-            outputs = {name: READOUTS[name](lm, images).float() for name in needs}
+    """Encode every image of `source` once and hand the features to each runner (each readout is
+    computed once per batch, whatever number of tasks reads it)."""
+    if before_decode is not None:
+        ctx = replace(ctx, before_decode=before_decode)
+    for index, outputs in encode_images(lm, source, {r.needs for r in runners}, ctx, opts.batch_size):
         for r in runners:
             r.update(index, outputs[r.needs])
 
@@ -388,7 +362,8 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
     if opts.progress is None:
         opts.progress = sys.stderr.isatty()
     ctx = RunContext(device=device, autocast=_autocast(device, precision), text_batch_size=opts.text_batch_size,
-                     cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, num_workers=opts.num_workers)
+                     cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, num_workers=opts.num_workers,
+                     batch_size=opts.batch_size, progress=bool(opts.progress))
     store = UnitStore(opts.out)
     store.remove_stale_temps()  # leftovers of writers killed mid-write (this host: dead pids; others: old)
     task_specs, suites = expand(task_specs)  # a suite runs its members as tasks, then averages them

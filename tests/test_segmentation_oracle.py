@@ -208,8 +208,10 @@ def _labels_squashed(monkeypatch):  # labels resized to S x S without the center
 
 
 def _both_squashed(monkeypatch):  # images and labels alike, consistently, without the center crop
-    real_pix, real_lab = engine.decoded_images, segdata.label_transform
-    monkeypatch.setattr(engine, "decoded_images",
+    import evalkit.data.cache as pixel_cache  # the one image path (tasks.base.encode_images) reads it there
+
+    real_pix, real_lab = pixel_cache.decoded_images, segdata.label_transform
+    monkeypatch.setattr(pixel_cache, "decoded_images",
                         lambda source, cfg, *a, **k: real_pix(source, dataclasses.replace(cfg, resize_mode="squash"), *a, **k))
     monkeypatch.setattr(segdata, "label_transform", lambda cfg: real_lab(dataclasses.replace(cfg, resize_mode="squash")))
 

@@ -6,7 +6,7 @@ image features batch by batch, and returns metrics. New protocols register with 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +52,43 @@ READOUTS: dict[str, Callable[[LoadedModel, torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _to_device(batch: torch.Tensor, device: torch.device, copy_stream: torch.cuda.Stream | None) -> torch.Tensor:
+    """The next pinned uint8 batch on the device, copied on a side stream: the copy overlaps the
+    previous batch's forward, and the compute stream waits on an event, never the host."""
+    if copy_stream is None:
+        return batch.to(device)
+    compute = torch.cuda.current_stream(device)
+    with torch.cuda.stream(copy_stream):
+        images = batch.to(device, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(copy_stream)
+    compute.wait_event(done)
+    images.record_stream(compute)  # allocated on the copy stream, used on the compute stream
+    return images
+
+
+@torch.no_grad()
+def encode_images(lm: LoadedModel, source: ImageSource, needs: set[str] | list[str], ctx: RunContext,
+                  batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """The one image-encoding path, for the engine and for protocols that read images themselves
+    (probe training): decode-once cached uint8 pixels -> read-ahead (pinned) batches -> the device
+    (side stream) -> normalise -> each needed readout once per batch. Yields (indices, readouts)."""
+    from evalkit.data.cache import decoded_images, host_batches
+    from evalkit.data.preprocess import normalize
+
+    pixels = decoded_images(source, lm.preprocess, ctx.cache_dir, num_workers=ctx.num_workers,
+                            progress=ctx.progress, before_decode=ctx.before_decode)
+    cuda = ctx.device.type == "cuda"
+    copy_stream = torch.cuda.Stream(ctx.device) if cuda else None
+    for start, stop, batch in host_batches(pixels, batch_size or ctx.batch_size, pin=cuda):
+        images = normalize(_to_device(batch, ctx.device, copy_stream), lm.preprocess)
+        index = torch.arange(start, stop)  # pinned on CUDA, so runners' copies to the device stay async
+        if cuda:
+            index = index.pin_memory()
+        with ctx.autocast():
+            yield index, {name: READOUTS[name](lm, images).float() for name in needs}
+
+
 @dataclass
 class NoOptions:
     """A protocol with no options of its own."""
@@ -67,6 +104,8 @@ class RunContext:
     cache_dir: Path | None = None  # decode-once cache for images a protocol reads itself (probe training)
     num_workers: int | None = None
     before_decode: Callable[[], None] | None = None  # the engine's: let its threads finish before decoding
+    batch_size: int = 64  # images per forward
+    progress: bool = False  # decode progress on the terminal
 
 
 @dataclass

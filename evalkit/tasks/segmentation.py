@@ -242,21 +242,11 @@ class Segmentation(TaskRunner):
 
 @torch.no_grad()
 def extract_patch_tokens(lm: LoadedModel, source: ImageSource, ctx: RunContext) -> torch.Tensor:
-    """Final-block patch tokens [M, N, D] (float32, on ctx.device) of every image of `source`.
+    """Final-block patch tokens [M, N, D] (float32, on ctx.device) of every image of `source`, through
+    the engine's own image path (decode-once cache, read-ahead, normalisation on the device)."""
+    from evalkit.tasks.base import encode_images
 
-    Images go through the decode-once cache like the engine's, so a grid decodes the subset once.
-    """
-    from evalkit.data.cache import decoded_images
-    from evalkit.data.preprocess import normalize
-
-    pixels = decoded_images(source, lm.preprocess, ctx.cache_dir, num_workers=ctx.num_workers,
-                            before_decode=ctx.before_decode)
-    out = []
-    for start in range(0, len(source), EXTRACT_BATCH):
-        batch = torch.from_numpy(np.array(pixels[start:start + EXTRACT_BATCH])).to(ctx.device)
-        with ctx.autocast():
-            out.append(lm.image_patch_tokens(normalize(batch, lm.preprocess)).float())
-    return torch.cat(out)
+    return torch.cat([out["patch_tokens"] for _, out in encode_images(lm, source, {"patch_tokens"}, ctx, EXTRACT_BATCH)])
 
 
 class LinearHead(torch.nn.Module):
