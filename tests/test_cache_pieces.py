@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,7 +90,6 @@ def test_three_processes_build_the_pieces_through_the_cli(tmp_path):
 
 KILLED = r"""
 import os, signal, sys
-from pathlib import Path
 import evalkit.data.cache as cache
 from evalkit.data.open import open_classification
 from evalkit.data.preprocess import PreprocessCfg
