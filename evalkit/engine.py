@@ -187,10 +187,12 @@ def plan(specs: list[ModelSpec], tasks: list[TaskSpec], precision: str = "fp32")
     Tasks should come resolved (`resolve_tasks`): a unit's id then covers the classnames, templates
     and data it was computed from, and the precision, so a change of any of them is a new unit.
     """
+    hashed = [(t, t.hash) for t in tasks]  # a task's hash covers its class names and templates: once each
     units: dict[str, Unit] = {}
     for s in specs:
-        for t in tasks:
-            uid = unit_id(s.key, t.name, t.hash, precision)
+        key = s.key
+        for t, h in hashed:
+            uid = unit_id(key, t.name, h, precision)
             units.setdefault(uid, Unit(s, t, uid))
     return list(units.values())
 

@@ -86,18 +86,22 @@ class UnitStore:
     def path(self, uid: str) -> Path:
         return self.units / f"{uid}.json"
 
-    def read(self, warn: bool = False) -> list[UnitFile]:
-        """Every readable unit file. An unreadable one (truncated by a full disk, edited by hand) is
-        left out, so its unit runs again; with `warn`, each is named in a warning."""
+    def read(self, warn: bool = False, rows: bool = True) -> list[UnitFile]:
+        """Every readable unit file (without its rows if not `rows`: what resuming needs of a grid of
+        200k units). An unreadable one (truncated by a full disk, edited by hand) is left out, so its
+        unit runs again; with `warn`, each is named in a warning."""
         out: list[UnitFile] = []
         if not self.units.is_dir():
             return out
-        for f in sorted(self.units.glob("*.json")):
+        names = sorted(e.name for e in os.scandir(self.units) if e.name.endswith(".json"))
+        for name in names:
+            f = self.units / name
             try:
                 payload = json.loads(f.read_text())
-                rows = payload["rows"]
+                found = payload["rows"]
                 written = float(payload.get("written_at") or f.stat().st_mtime)
-                out.append(UnitFile(f.stem, f, payload.get("status", "failed"), _key_of(rows), written, rows))
+                out.append(UnitFile(f.stem, f, payload.get("status", "failed"), _key_of(found), written,
+                                    found if rows else []))
             except FileNotFoundError:  # replaced or removed meanwhile
                 continue
             except (OSError, ValueError, KeyError, TypeError) as e:
@@ -108,7 +112,7 @@ class UnitStore:
 
     def status(self) -> dict[str, str]:
         """unit id -> 'ok' | 'failed' for every readable unit file."""
-        self._index = self.read()
+        self._index = self.read(rows=False)
         return {u.uid: u.status for u in self._index}
 
     def unit_rows(self, uid: str) -> list[dict[str, Any]] | None:

@@ -73,7 +73,8 @@ def _blobs(hf_home: Path, exclude: set[str]) -> list[str]:
     """Checkpoint blobs in the HF cache (complete or being downloaded), i.e. what the grid holds on disk."""
     d = hf_home / "hub" / f"models--{HUB_REPO.replace('/', '--')}" / "blobs"
     try:
-        return [n for n in os.listdir(d) if n.split(".")[0] not in exclude]
+        # one entry per blob: `<sha>.incomplete` renamed to `<sha>` may be listed under both names at once
+        return sorted({n.split(".")[0] for n in os.listdir(d)} - exclude)
     except FileNotFoundError:
         return []
 
