@@ -146,8 +146,9 @@ def main() -> int:
                    f"and higher on {len(worse)} of the {len(ran)}")
         if worse:
             verdict += ": higher on " + ", ".join(f"{c} ({rel[c]:+.2e})" for c in worse)
-        lines += ["", f"Reference run on {len(ran)} of {len(rows)} configs (the 3,200-start procedure takes minutes "
-                  "per config here); evalkit on all. On those: total evalkit "
+        lines += ["", f"Reference run on {len(ran)} of {len(rows)} configs (the 3,200-start procedure took "
+                  f"{min(r['ref_s'] for r in ran):.0f}-{max(r['ref_s'] for r in ran):.0f} s per config here); evalkit on "
+                  "all. On those: total evalkit "
                   f"{tot_e * 1e3:.1f} ms vs reference {tot_r:.1f} s, {tot_r / tot_e:.0f}x faster; {verdict}."]
     lines.append(END)
     section = "\n".join(lines) + "\n"

@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -175,7 +176,7 @@ def main() -> int:
                          "report, without failing, what its sample order does to the numbers (0: skip)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    command = "python " + " ".join(["bench/bench_grid.py", *sys.argv[1:]])
+    command = "python " + shlex.join(["bench/bench_grid.py", *sys.argv[1:]])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     subprocess.run([sys.executable, "-m", "evalkit.embedded.build"], check=True, env=env, cwd=REPO)
     import pandas as pd
@@ -214,14 +215,17 @@ def main() -> int:
                   "--device", "cpu", "--precision", "fp32", "--batch-size", str(args.batch_size), "--out", str(work / "ek"),
                   "--cache-dir", str(work / "cache"), "--num-workers", str(args.num_workers)]
         colds, warms, cbs, cb_rss, own = [], [], [], 0.0, []
+        load = {}  # wall -> the 1-min load average when that run ended (the machine is shared)
         for _ in range(repeat):  # best of N: single runs of ~10 s are too noisy to difference
             shutil.rmtree(work / "cache", ignore_errors=True)
             shutil.rmtree(work / "ek", ignore_errors=True)
             t, ek_rss = timed(ek_cmd, env)
             colds.append(t)
+            load[t] = os.getloadavg()[0]
             cold_table = pd.read_parquet(work / "ek" / "results.parquet")
             shutil.rmtree(work / "ek")
             warms.append(timed(ek_cmd, env)[0])
+            load[warms[-1]] = os.getloadavg()[0]
             warm_table = pd.read_parquet(work / "ek" / "results.parquet")
             units = warm_table.drop_duplicates("unit_id")
             own.append(float(units.duration_s.sum()) / len(subset))  # evalkit's own account, start-up excluded
@@ -230,6 +234,7 @@ def main() -> int:
             cb_cls, rss1 = timed(cb_cmd(f"wds/{datasets[0]}", "zeroshot_classification"), env)
             cb_ret, rss2 = timed(cb_cmd(f"wds/{datasets[1]}", "zeroshot_retrieval"), env)
             cbs.append(cb_cls + cb_ret)
+            load[cbs[-1]] = os.getloadavg()[0]
             cb_rss = max(cb_rss, rss1, rss2)
         ckpts = [m.split(",", 1)[1].strip() for m in models]
         n_cmp, worst, problems = compare(work / "cb", {"cold cache": cold_table, "warm cache": warm_table}, ckpts,
@@ -247,6 +252,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
         spread = max((max(v) - min(v)) / min(v) for v in (cbs, colds, warms))  # same run, repeated
         return {"n": len(subset) * copies, "cb": min(cbs), "cb_rss": cb_rss, "ek_cold": min(colds), "spread": spread,
+                "load": {"cb": load[min(cbs)], "ek_cold": load[min(colds)], "ek_warm": load[min(warms)]},
                 "ek_warm": min(warms), "ek_rss": ek_rss, "ek_own": min(own),
                 "compared": n_cmp, "worst": worst, "problems": problems, "order": order}
 
@@ -312,12 +318,16 @@ def main() -> int:
             f"{args.scale_copies} times under other run names (both tools do a checkpoint's full work for every file), "
             f"x the same 2 tasks, {note}; batch {args.batch_size}, fp32, CPU, {workers}; one run each, start-up "
             "included.\n\n"
-            "| run | wall (s) | s per checkpoint, all included | peak RSS (MiB) | end-to-end speed-up |\n|---|---|---|---|---|\n"
-            f"| clip_benchmark CLI | {big['cb']:.1f} | {big['cb'] / big['n']:.3f} | {big['cb_rss']:.0f} | 1.0x |\n"
+            "| run | wall (s) | s per checkpoint, all included | peak RSS (MiB) | end-to-end speed-up | "
+            "load avg (1 min) when the run ended |\n|---|---|---|---|---|---|\n"
+            f"| clip_benchmark CLI | {big['cb']:.1f} | {big['cb'] / big['n']:.3f} | {big['cb_rss']:.0f} | 1.0x | "
+            f"{big['load']['cb']:.1f} |\n"
             f"| evalkit, cold decode cache | {big['ek_cold']:.1f} | {big['ek_cold'] / big['n']:.3f} | {big['ek_rss']:.0f} | "
-            f"{big['cb'] / big['ek_cold']:.1f}x |\n"
+            f"{big['cb'] / big['ek_cold']:.1f}x | {big['load']['ek_cold']:.1f} |\n"
             f"| evalkit, warm decode cache | {big['ek_warm']:.1f} | {big['ek_warm'] / big['n']:.3f} | | "
-            f"{big['cb'] / big['ek_warm']:.1f}x |\n\n"
+            f"{big['cb'] / big['ek_warm']:.1f}x | {big['load']['ek_warm']:.1f} |\n\n"
+            "On an idle 2-core machine the load average stays near 1-2 while one tool runs; much higher means other "
+            "jobs shared the cores during that run, and its wall (so the speed-up) is inflated by them.\n\n"
             + verdict([big])
         )
         print(body)
@@ -337,14 +347,17 @@ def main() -> int:
         sections.append(
             f"### Images: {note}\n\n"
             f"| run | wall, {full['n']} ckpts (s) | wall, {small['n']} ckpts (s) | marginal s per checkpoint | "
-            "peak RSS (MiB) | end-to-end speed-up | marginal speed-up |\n|---|---|---|---|---|---|---|\n"
-            f"| clip_benchmark CLI | {full['cb']:.1f} | {small['cb']:.1f} | {marg['cb']:.3f} | {full['cb_rss']:.0f} | 1.0x | 1.0x |\n"
+            f"peak RSS (MiB) | end-to-end speed-up | marginal speed-up | load avg (1 min) when the {full['n']}-ckpt run "
+            "ended |\n|---|---|---|---|---|---|---|---|\n"
+            f"| clip_benchmark CLI | {full['cb']:.1f} | {small['cb']:.1f} | {marg['cb']:.3f} | {full['cb_rss']:.0f} | 1.0x | "
+            f"1.0x | {full['load']['cb']:.1f} |\n"
             f"| evalkit, cold decode cache | {full['ek_cold']:.1f} | {small['ek_cold']:.1f} | {marg['ek_cold']:.3f} | "
-            f"{full['ek_rss']:.0f} | {full['cb'] / full['ek_cold']:.1f}x | {marg['cb'] / marg['ek_cold']:.1f}x |\n"
+            f"{full['ek_rss']:.0f} | {full['cb'] / full['ek_cold']:.1f}x | {marg['cb'] / marg['ek_cold']:.1f}x | "
+            f"{full['load']['ek_cold']:.1f} |\n"
             f"| evalkit, warm decode cache | {full['ek_warm']:.1f} | {small['ek_warm']:.1f} | {marg['ek_warm']:.3f} | | "
-            f"{full['cb'] / full['ek_warm']:.1f}x | {marg['cb'] / marg['ek_warm']:.1f}x |\n"
+            f"{full['cb'] / full['ek_warm']:.1f}x | {marg['cb'] / marg['ek_warm']:.1f}x | {full['load']['ek_warm']:.1f} |\n"
             f"| evalkit's own account (units' duration_s, warm) | | | {full['ek_own']:.3f} | | | "
-            f"{marg['cb'] / full['ek_own']:.1f}x |\n"
+            f"{marg['cb'] / full['ek_own']:.1f}x | |\n"
         )
     if styles:
         body = (
@@ -354,10 +367,10 @@ def main() -> int:
             f"{len(specs) - 2}: the cost of one more checkpoint, without process start-up and imports (which a real "
             "grid of thousands of checkpoints pays once per shard). "
             + (f"Here the same run varied by up to {100 * max(r['spread'] for r in runs):.0f} % between its "
-               f"{args.repeat} repeats (the load average above shows how busy the shared machine was), "
+               f"{args.repeat} repeats (the load averages show how busy the shared machine was), "
                if args.repeat > 1 else "Each run was timed once, so its noise is not measured here; ")
             + "so the difference of two walls is noisier still; the last row is evalkit's own per-checkpoint time "
-            "(load + every task, summed from the units' duration_s over the 16-checkpoint run), which does not "
+            f"(load + every task, summed from the units' duration_s over the {len(specs)}-checkpoint run), which does not "
             "depend on differencing.\n\n"
             + "\n".join(sections) + "\n" + verdict(runs) + contrast_note(runs)
         )
