@@ -61,6 +61,7 @@ def test_decoded_images_assembles_complete_pieces_without_decoding(single, tmp_p
     assert "2 pieces" in (entry / "meta.json").read_text()
 
 
+@pytest.mark.slow  # 3 CLI processes (~25 s); the pieces and their assembly are checked in-process above
 def test_three_processes_build_the_pieces_through_the_cli(tmp_path):
     """`evalkit cache build --shard i/3` in 3 concurrent processes (one sharded by RANK/WORLD_SIZE):
     one entry, equal to the single build the engine would make of the same task."""

@@ -138,6 +138,7 @@ def test_slurm_ranks_pick_the_same_shards(grid, reference, tmp_path):
     pd.testing.assert_frame_equal(_table(out), reference)
 
 
+@pytest.mark.slow  # ~30 s of CLI runs; test_engine_units and the parity tests fix the numbers at batch 64
 def test_results_do_not_depend_on_batch_size(grid, reference, tmp_path):
     _run(_cmd(grid, tmp_path / "o", tmp_path / "c", "--batch-size", "7", "--no-cache"))
     other = _table(tmp_path / "o")
