@@ -91,6 +91,7 @@ def test_three_processes_build_the_pieces_through_the_cli(tmp_path):
 
 KILLED = r"""
 import os, signal, sys
+from pathlib import Path
 import evalkit.data.cache as cache
 from evalkit.data.open import open_classification
 from evalkit.data.preprocess import PreprocessCfg

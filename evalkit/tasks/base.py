@@ -86,7 +86,8 @@ def encode_images(lm: LoadedModel, source: ImageSource, needs: set[str] | list[s
         if cuda:
             index = index.pin_memory()
         with ctx.autocast():
-            yield index, {name: READOUTS[name](lm, images).float() for name in needs}
+            outputs = {name: READOUTS[name](lm, images).float() for name in needs}
+        yield index, outputs  # consumers (runners' updates) run outside autocast, in fp32
 
 
 @dataclass
