@@ -327,7 +327,8 @@ def main() -> int:
             f"| evalkit, warm decode cache | {big['ek_warm']:.1f} | {big['ek_warm'] / big['n']:.3f} | | "
             f"{big['cb'] / big['ek_warm']:.1f}x | {big['load']['ek_warm']:.1f} |\n\n"
             "On an idle 2-core machine the load average stays near 1-2 while one tool runs; much higher means other "
-            "jobs shared the cores during that run, and its wall (so the speed-up) is inflated by them.\n\n"
+            "jobs shared the cores during that run: its wall is inflated, and the speed-up with it (up if clip_benchmark's "
+            "run was the busier one, down if evalkit's was).\n\n"
             + verdict([big])
         )
         print(body)
