@@ -189,12 +189,26 @@ def plan(specs: list[ModelSpec], tasks: list[TaskSpec], precision: str = "fp32")
     """
     hashed = [(t, t.hash) for t in tasks]  # a task's hash covers its class names and templates: once each
     units: dict[str, Unit] = {}
-    for s in specs:
-        key = s.key
-        for t, h in hashed:
-            uid = unit_id(key, t.name, h, precision)
-            units.setdefault(uid, Unit(s, t, uid))
+    with _gc_paused():  # 200k new objects would trigger full collections over and over: linear again
+        for s in specs:
+            key = s.key
+            for t, h in hashed:
+                uid = unit_id(key, t.name, h, precision)
+                units.setdefault(uid, Unit(s, t, uid))
     return list(units.values())
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    import gc
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def assign_shards(units: list[Unit], n: int,
