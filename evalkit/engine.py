@@ -303,11 +303,9 @@ def _device_name(device: torch.device) -> str:
 
 
 def _run_dataset(lm: LoadedModel, source: ImageSource, runners: list[TaskRunner], ctx: RunContext,
-                 opts: RunOptions, before_decode: Callable[[], None] | None = None) -> None:
+                 opts: RunOptions) -> None:
     """Encode every image of `source` once and hand the features to each runner (each readout is
     computed once per batch, whatever number of tasks reads it)."""
-    if before_decode is not None:
-        ctx = replace(ctx, before_decode=before_decode)
     for index, outputs in encode_images(lm, source, {r.needs for r in runners}, ctx, opts.batch_size):
         for r in runners:
             r.update(index, outputs[r.needs])
@@ -402,8 +400,7 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
         by_ckpt.setdefault(u.spec.key, []).append(u)
     reader = _Reader()
     ctx.before_decode = lambda: (reader.quiesce(), store.flush())
-    sh = _Shared(store, ctx, opts, opened, common, counts, Progress(len(pending), bar=bool(opts.progress)),
-                 quiesce=ctx.before_decode)
+    sh = _Shared(store, ctx, opts, opened, common, counts, Progress(len(pending), bar=bool(opts.progress)))
     groups = list(by_ckpt.values())
     built: dict = {}  # the last built module, reused for the next checkpoint of the same architecture
     prefetched = _prefetch(reader, groups[0][0].spec) if groups else None
@@ -438,7 +435,6 @@ def _average_suites(sh: _Shared, suites: list[TaskSpec], keys: list[str], specs:
 
     A suite's hash covers its members' resolved hashes, so a changed member changes the suite's
     result; suites come after their members (and inner suites before outer ones)."""
-    from dataclasses import replace
 
     by_name = {s.name: s for s in suites}
     resolved: dict[str, TaskSpec] = {}
@@ -500,7 +496,6 @@ class _Shared:
     common: dict[str, Any]
     counts: dict[str, int]
     progress: Progress
-    quiesce: Callable[[], None] | None = None  # let background threads finish (before forking decoders)
 
 
 class _Reader:
@@ -569,7 +564,7 @@ def _evaluate_checkpoint(sh: _Shared, ckpt_units: list[Unit], state_future: Futu
         if not live:
             continue
         try:
-            _run_dataset(lm, live[0][1].source, [r for _, _, r in live], ctx, opts, before_decode=sh.quiesce)
+            _run_dataset(lm, live[0][1].source, [r for _, _, r in live], ctx, opts)
         except Exception as e:
             for u, _, _ in live:
                 _fail(store, u, lm, e, common, time.time() - t1, counts, progress)
