@@ -184,6 +184,7 @@ def test_cancelled_shard_then_the_same_submission_completes(cluster, grid, cache
         array, _ = _submitted_ids(line)
         mine = shard_units[victim]
         _wait_for(f"the first unit of shard {victim}", lambda: set(_units(out)) & set(mine))
+        _slurm("scontrol", "suspend", f"{array}_{victim}")  # killed where it stands (see below)
         _slurm("scancel", f"{array}_{victim}")
         stdout, stderr = first.communicate(timeout=300)
     finally:
@@ -265,6 +266,10 @@ def test_collect_step_holds_every_unit_when_the_last_shard_to_end_is_killed(clus
     finally:
         _slurm("scontrol", "resume", f"{array}_{victim}", check=False)
     late = _wait_for(f"a new unit of shard {victim}", lambda: (set(_units(out)) & set(mine)) - first)
+    # stopped again before it is cancelled: submitit's job runner ignores SIGTERM (it waits for
+    # preemption's SIGUSR2), so a running shard would go on for KillWait after `scancel`; a suspended
+    # one is killed where it stands
+    _slurm("scontrol", "suspend", f"{array}_{victim}")
     _slurm("scancel", f"{array}_{victim}")
     _wait_for("the collect step", lambda: _job_state(collect_job) in ("COMPLETED", "FAILED", "CANCELLED"),
               every=0.5)
