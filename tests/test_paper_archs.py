@@ -28,9 +28,10 @@ from evalkit.models.family import family_for
 PROFILE = pd.read_csv(fixture_path("scaling-laws", "model_profile.csv")).set_index("model")
 SEGMENTATION = pd.read_parquet(fixture_path("scaling-laws", "segmentation_results.parquet"), columns=["name", "model"])
 
-# The paper's CLIP and MaMMUT architectures: those its segmentation runs name, and those it profiled.
+# The paper's architectures: those its segmentation runs name, and those it profiled (CLIP, MaMMUT,
+# and the CoCa and SigLIP runs of its figure 9).
 SEGMENTATION_ARCHS = sorted(SEGMENTATION["model"].unique())
-PROFILED_ARCHS = sorted(PROFILE.index[PROFILE.namespace.isin(["clip", "mammut"])])
+PROFILED_ARCHS = sorted(PROFILE.index)
 PAPER_ARCHS = sorted(set(SEGMENTATION_ARCHS) | set(PROFILED_ARCHS))
 
 # evalkit's own configs for what open_clip does not ship: name -> (open_clip sibling, what changes)
@@ -79,8 +80,9 @@ def test_run_names_name_the_table_architecture():
     assert set(derived.values()) == set(SEGMENTATION_ARCHS)
 
 
-def test_the_grid_covers_clip_and_mammut_at_every_size_and_patch():
-    assert len(SEGMENTATION_ARCHS) == 22 and len(PAPER_ARCHS) == 35
+def test_the_grid_covers_every_profiled_namespace_at_every_size_and_patch():
+    assert len(SEGMENTATION_ARCHS) == 22 and len(PAPER_ARCHS) == 56
+    assert PROFILE.namespace.value_counts().to_dict() == {"clip": 20, "mammut": 15, "coca": 15, "siglip": 6}
     for arch in ADDED:
         assert arch in PAPER_ARCHS
 
@@ -134,3 +136,34 @@ def test_smallest_added_arch_builds_and_profiles_as_the_paper():
     assert lm.family == "clip" and lm.preprocess.size == 224 and lm.context_length == 77
     assert abs(total - row.mparams) <= PROFILE_PRECISION and abs(image - row.image_mparams) <= PROFILE_PRECISION
     assert round(count_gflops(lm.model, lm.preprocess.size, lm.context_length, lm.family), 2) == row.gflops
+
+
+@pytest.mark.parametrize("arch", sorted(PROFILE.index[PROFILE.namespace == "siglip"]))
+def test_siglip_config_is_the_clip_architecture_with_a_logit_bias(arch):
+    """The paper's SigLIP runs (the fork's `*-SigLIP` configs) are its CLIP architecture trained with
+    the sigmoid loss: the same towers plus `init_logit_bias`, and CLIP's tokenizer."""
+    from evalkit.models.clip import CLIPFamily
+
+    clip = get_arch_config(PROFILE.loc[arch, "model_simple"])
+    assert get_arch_config(arch) == {**clip, "init_logit_bias": -10}
+    import open_clip
+
+    tokens = CLIPFamily.tokenizer(arch, get_arch_config(arch))(["a photo of a dog."])
+    # CLIP's BPE (not SigLIP's sentencepiece): <start_of_text>=49406, a photo of a dog . , <end_of_text>=49407
+    assert tokens.shape == (1, 77) and tokens[0, 0] == 49406 and tokens[0, 7] == 49407 and not tokens[0, 8:].any()
+    assert torch.equal(tokens, open_clip.tokenize(["a photo of a dog."]))
+
+
+@pytest.mark.parametrize("arch", ["ViT-S-32-SigLIP", "coca_ViT-S-32"])
+def test_smallest_siglip_and_coca_build_and_profile_as_the_paper(arch):
+    """Built for real (open_clip, random init): FLOPs equal model_profile.csv's gflops, CoCa's text
+    tower counted twice as the paper's profile counts it; a SigLIP checkpoint's logit_bias loads."""
+    from evalkit.models.factory import load_model
+    from evalkit.models.flops import count_gflops
+    from evalkit.models.spec import ModelSpec
+
+    lm = load_model(ModelSpec(model=arch))
+    assert lm.family == "clip" and lm.context_length == (76 if arch.startswith("coca") else 77)
+    assert round(count_gflops(lm.model, lm.preprocess.size, lm.context_length, lm.family), 2) == PROFILE.loc[arch, "gflops"]
+    if arch.endswith("SigLIP"):
+        assert lm.model.logit_bias is not None and float(lm.model.logit_bias) == -10.0

@@ -183,13 +183,28 @@ def test_model_overrides_the_architecture_only(hub_root):
     assert (specs[0].namespace, specs[0].samples_seen_scale_pretty) == ("cap", "4K")
 
 
-def test_namespaces_open_clip_cannot_build_are_not_supported(weights, tmp_path):
+def test_namespaces_without_an_architecture_are_not_supported(weights, tmp_path):
     root = tmp_path / "dl"
-    for run in ("siglip_tinyclip-S_s2K_embedded" + HUB_TAIL, "coca_ViT-S-32_s2K_embedded" + HUB_TAIL):
+    for run in ("siglip_tinyclip-S_s2K_embedded" + HUB_TAIL, "coca_ViT-Q-99_s2K_embedded" + HUB_TAIL):
         _place(weights["clip"], root / run / "epoch_1.pt")
     errors = {s.namespace: s.error for s in specs_from_run_dir(root)}
     assert "'siglip'" in errors["siglip"] and "tinyclip-S-SigLIP" in errors["siglip"] and "not supported" in errors["siglip"]
-    assert "'coca'" in errors["coca"] and "coca_ViT-S-32" in errors["coca"] and "not supported" in errors["coca"]
+    assert "'coca'" in errors["coca"] and "coca_ViT-Q-99" in errors["coca"] and "not supported" in errors["coca"]
+
+
+def test_the_papers_siglip_and_coca_runs_resolve_to_their_architectures(weights, tmp_path):
+    """The paper's SigLIP runs are CLIP towers with a logit bias (model_profile.csv's `ViT-B-32-SigLIP`),
+    its CoCa runs the fork's coca_* configs: both are evaluated, built by open_clip (clip family)."""
+    root = tmp_path / "dl"
+    runs = {"siglip_ViT-B-32_s1.28B_datacomp_1b" + HUB_TAIL: "ViT-B-32-SigLIP",
+            "siglip_ViT-B-16-text-plus_s1.28B_datacomp_1b" + HUB_TAIL: "ViT-B-16-text-plus-SigLIP",
+            "coca_ViT-S-32_s1.28B_datacomp_1b" + HUB_TAIL: "coca_ViT-S-32",
+            "coca_ViT-L-14_s1.28B_datacomp_1b" + HUB_TAIL: "coca_ViT-L-14"}
+    for run in runs:
+        _place(weights["clip"], root / run / "epoch_1.pt")
+    specs = {s.run: s for s in specs_from_run_dir(root)}
+    assert {run: (s.model, s.error, s.family) for run, s in specs.items()} == {
+        run: (arch, None, "clip") for run, arch in runs.items()}
 
 
 def _metadata(root: Path, rows: list[dict]) -> None:

@@ -85,3 +85,51 @@ def test_imagenet1k_task_uses_the_openai_lists():
     assert len(r.classnames) == 1000 and len(r.templates) == 80
     assert r.classnames[:2] == ["tench", "goldfish"] and r.templates[0] == "a bad photo of a {c}."
     assert spec.metrics == ["acc1", "acc5", "mean_per_class_recall"] and spec.main_metric == "acc1"
+
+
+TINY_TOWERS = {"embed_dim": 32,
+               "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+               "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+TINY_PAPER_KINDS = {
+    # the paper's SigLIP runs: CLIP towers, a logit bias, CLIP's tokenizer (the name says SigLIP)
+    "tiny-S-SigLIP": {**TINY_TOWERS, "init_logit_bias": -10},
+    # the paper's CoCa runs: attentional pooler, CLS-embedded text, a multimodal decoder (the fork's shape)
+    "coca_tiny-S": {
+        "embed_dim": 32, "custom_text": True,
+        "vision_cfg": {**TINY_TOWERS["vision_cfg"], "attentional_pool": True, "attn_pooler_heads": 2,
+                       "output_tokens": True},
+        "text_cfg": {**TINY_TOWERS["text_cfg"], "context_length": 31, "embed_cls": True, "output_tokens": True},
+        "multimodal_cfg": {"context_length": 31, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
+                           "attn_pooler_heads": 2},
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_PAPER_KINDS))
+def test_siglip_and_coca_checkpoints_match_clip_benchmark(name, tmp_path):
+    """A random-init tiny SigLIP / CoCa training checkpoint: evalkit's per-sample predictions and
+    metrics equal clip_benchmark's on the model open_clip builds from the same config, with CLIP's
+    tokenizer (the one the fork trained them with)."""
+    import json
+
+    from _util import save_training_checkpoint, tiny_clip
+
+    cfg = tmp_path / f"{name}.json"
+    cfg.write_text(json.dumps(TINY_PAPER_KINDS[name]))
+    model = tiny_clip(cfg, seed=3)
+    assert (model.logit_bias is not None) == name.endswith("SigLIP")
+    assert type(model).__name__ == ("CoCa" if name.startswith("coca") else "CLIP")
+    ckpt = save_training_checkpoint(model, tmp_path / "run" / "checkpoints" / "epoch_1.pt", 1)
+    ctx = TINY_PAPER_KINDS[name]["text_cfg"]["context_length"]
+    preprocess = open_clip.create_model_and_transforms(name, pretrained=None)[2]
+    spec = get_task("shapes")
+    classnames = [line.strip() for line in (DATA / "imagenet_folder" / "classnames.txt").read_text().splitlines()]
+    ds = ImageFolder(str(DATA / "imagenet_folder" / "val"), transform=preprocess)
+    theirs = _clip_benchmark(model, preprocess, lambda t: open_clip.tokenize(t, context_length=ctx), ds, classnames,
+                             spec.templates)
+    ours = _evalkit(ckpt, cfg, "shapes", str(DATA / "imagenet_folder"), tmp_path)
+    (m1, p1, t1), (m2, p2, t2) = ours, theirs
+    np.testing.assert_array_equal(t1, t2)
+    np.testing.assert_array_equal(p1, p2)
+    for k in ("acc1", "acc5", "mean_per_class_recall"):
+        assert math.isclose(m1[k], m2[k], abs_tol=1e-6), (k, m1[k], m2[k])

@@ -57,9 +57,18 @@ class CLIPFamily(ModelFamily):
 
     @classmethod
     def tokenizer(cls, model_name: str, model_cfg: dict[str, Any]) -> Callable[[list[str]], torch.Tensor]:
+        """The tokenizer the config names (`hf_tokenizer_name`, through open_clip), else CLIP's BPE
+        (open_clip's SimpleTokenizer), decided by the config alone as the fork that trained the paper's
+        grid decides it. open_clip 3.x also picks SigLIP's sentencepiece tokenizer for any name holding
+        "siglip" (none of its own configs relies on that), which is wrong for the paper's SigLIP runs:
+        CLIP towers and tokenizer, sigmoid loss."""
         import open_clip
 
-        return open_clip.get_tokenizer(_registered_name(model_name, model_cfg))
+        text_cfg = model_cfg.get("text_cfg", {})
+        if text_cfg.get("hf_tokenizer_name"):
+            return open_clip.get_tokenizer(_registered_name(model_name, model_cfg))
+        return open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", 77),
+                                         **text_cfg.get("tokenizer_kwargs", {}))
 
     @classmethod
     def text_pooling_for(cls, model: torch.nn.Module) -> str:
@@ -69,6 +78,17 @@ class CLIPFamily(ModelFamily):
             pool = getattr(model.text, "pool_type", None)
         has_mask = getattr(model, "attn_mask", None) is not None or getattr(getattr(model, "text", None), "attn_mask", None) is not None
         return "eot" if pool in ("argmax", "eos", "last") and has_mask else "mean"
+
+    @classmethod
+    def profile_forward(cls, model: torch.nn.Module, image: torch.Tensor, text: torch.Tensor) -> None:
+        """A CoCa counts its text tower twice: model_profile.csv's coca GFLOPs are the forward plus one
+        more text-tower pass (equal, to its two decimals, for coca S-32, S-14, M-32, M-16, B-32, B-16
+        built on the CPU), so its gflops_total matches the paper's tables as CLIP's and MaMMUT's do."""
+        from open_clip.coca_model import CoCa
+
+        model(image, text)
+        if isinstance(model, CoCa):
+            model.text(text)
 
     @classmethod
     def prepare_state_dict(cls, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -129,7 +129,7 @@ def _unsupported(info: pg.RunInfo) -> str | None:
         return None
     if info.namespace in ("coca", "siglip"):
         return (f"{info.run}: namespace '{info.namespace}' with architecture '{info.arch}' is not supported: evalkit "
-                f"builds {info.namespace} models through open_clip, which has no '{info.arch}' architecture. "
+                f"builds {info.namespace} models through open_clip, and neither evalkit's configs nor open_clip's have a '{info.arch}' architecture. "
                 "Pass --model ARCH (a config JSON of the architecture) to evaluate it anyway.")
     return (f"{info.run}: architecture '{info.arch}' (namespace {info.namespace}, model {info.model_simple}) is "
             "neither an evalkit nor an open_clip architecture; expected one of `evalkit models --archs` or "
