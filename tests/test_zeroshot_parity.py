@@ -51,13 +51,14 @@ def _evalkit(ckpt, cfg, task, data_root, tmp_path, batch_size=64):
     return dict(zip(table.metric, table.value)), top1, samples.target.to_numpy()
 
 
-def _compare(ours, theirs):
+def _compare(ours, theirs, trained: bool = True):
     (m1, p1, t1), (m2, p2, t2) = ours, theirs
     np.testing.assert_array_equal(t1, t2)
     np.testing.assert_array_equal(p1, p2)
     for k in ("acc1", "acc5", "mean_per_class_recall"):
         assert math.isclose(m1[k], m2[k], abs_tol=1e-6), (k, m1[k], m2[k])
-    assert m1["acc1"] > 0.5  # trained: far above the 10% of chance
+    if trained:
+        assert m1["acc1"] > 0.5  # trained: far above the 10% of chance
 
 
 def test_folder_layout_matches_clip_benchmark(trained, tmp_path):
@@ -127,9 +128,4 @@ def test_siglip_and_coca_checkpoints_match_clip_benchmark(name, tmp_path):
     ds = ImageFolder(str(DATA / "imagenet_folder" / "val"), transform=preprocess)
     theirs = _clip_benchmark(model, preprocess, lambda t: open_clip.tokenize(t, context_length=ctx), ds, classnames,
                              spec.templates)
-    ours = _evalkit(ckpt, cfg, "shapes", str(DATA / "imagenet_folder"), tmp_path)
-    (m1, p1, t1), (m2, p2, t2) = ours, theirs
-    np.testing.assert_array_equal(t1, t2)
-    np.testing.assert_array_equal(p1, p2)
-    for k in ("acc1", "acc5", "mean_per_class_recall"):
-        assert math.isclose(m1[k], m2[k], abs_tol=1e-6), (k, m1[k], m2[k])
+    _compare(_evalkit(ckpt, cfg, "shapes", str(DATA / "imagenet_folder"), tmp_path), theirs, trained=False)
