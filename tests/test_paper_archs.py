@@ -1,5 +1,5 @@
-"""Every CLIP and MaMMUT architecture of the paper (arXiv:2506.04598) resolves to a config, and the
-config builds the model the paper profiled: parameter counts (total, image tower, text side) equal
+"""Every architecture of the paper (arXiv:2506.04598: CLIP, MaMMUT, and the CoCa and SigLIP ones of
+its figure 9) resolves to a config, and the config builds the model the paper profiled: parameter counts (total, image tower, text side) equal
 model_profile.csv at its precision (0.01 M), FLOPs as the paper counted them.
 
 open_clip 3.3.0 ships ViT-S/M at patch 32/16, ViT-B at 32/16 and ViT-L/H at 16/14; evalkit's
