@@ -27,6 +27,22 @@ def test_gflops_are_cached_per_architecture(tmp_path, monkeypatch):
     assert gflops_per_sample(lm) == first
 
 
+def test_a_count_made_the_old_way_is_not_reused(tmp_path, monkeypatch):
+    """The cache key carries the counting method's version: after a change in what is counted, the
+    architecture is profiled again instead of served the old number."""
+    import json
+
+    from evalkit.models import flops
+
+    cache = tmp_path / "flops.json"
+    monkeypatch.setenv("EVALKIT_FLOPS_CACHE", str(cache))
+    lm = load_model("ViT-S-32")
+    cache.write_text(json.dumps({flops.arch_key(lm): {"arch": "ViT-S-32", "gflops": 1.0}}))
+    assert gflops_per_sample(lm) == 1.0  # this version's entry is used as it stands
+    monkeypatch.setattr(flops, "COUNT_VERSION", flops.COUNT_VERSION + 1)
+    assert round(gflops_per_sample(lm), 2) == PROFILE.loc["ViT-S-32", "gflops"]
+
+
 def test_closed_form_estimate_is_within_ten_percent_of_the_profile():
     """The config-only count that weighs shards, against the paper's profiled gflops."""
     from evalkit.models.configs import get_arch_config

@@ -20,8 +20,14 @@ def _cache_file() -> Path:
     return Path(os.environ.get("EVALKIT_FLOPS_CACHE", Path.home() / ".cache" / "evalkit" / "flops.json"))
 
 
+# Bumped whenever what a family's `profile_forward` counts changes (2: a CoCa's text tower counted twice,
+# as model_profile.csv does), so the on-disk cache never returns a count made the old way.
+COUNT_VERSION = 2
+
+
 def arch_key(lm: LoadedModel) -> str:
-    return hashlib.sha1(json.dumps([lm.family, lm.model_cfg], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = [lm.family, lm.model_cfg, COUNT_VERSION]
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def count_gflops(model: torch.nn.Module, image_size: int, context_length: int, family: str | None = None) -> float:
