@@ -6,6 +6,7 @@ on what the cache holds naming what it lacks, and an unreachable hub as one line
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,13 +71,18 @@ def _evalkit(env: dict[str, str], out: Path, *args: str, cache: Path) -> subproc
 
 
 def _blobs(hf_home: Path, exclude: set[str]) -> list[str]:
-    """Checkpoint blobs in the HF cache (complete or being downloaded), i.e. what the grid holds on disk."""
+    """Checkpoint blobs in the HF cache (complete or being downloaded), i.e. what the grid holds on disk.
+
+    Blobs are named by their hash (sha256 for LFS files, git's sha1 otherwise); huggingface_hub also
+    touches an empty `tmp_<uuid>` there for an instant (its umask probe when a download completes),
+    which holds no checkpoint and is not counted."""
     d = hf_home / "hub" / f"models--{HUB_REPO.replace('/', '--')}" / "blobs"
     try:
         # one entry per blob: `<sha>.incomplete` renamed to `<sha>` may be listed under both names at once
-        return sorted({n.split(".")[0] for n in os.listdir(d)} - exclude)
+        names = {n.split(".")[0] for n in os.listdir(d)}
     except FileNotFoundError:
         return []
+    return sorted(n for n in names - exclude if re.fullmatch(r"[0-9a-f]{40}(?:[0-9a-f]{24})?", n))
 
 
 def _snapshot_checkpoints(hf_home: Path) -> list[str]:
