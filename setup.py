@@ -2,8 +2,8 @@
 
 `tasks/*.yaml` and `checkpoints.yaml` stay at the repository's top level (where users edit them); a
 wheel or a non-editable install carries verbatim copies as `evalkit/_registry/tasks/*.yaml` and
-`evalkit/_registry/checkpoints.yaml`, which `evalkit.tasks.registry.task_dirs` and
-`evalkit.models.zoo.zoo_path` fall back to when there is no source tree. An editable install reads the
+`evalkit/_registry/checkpoints.yaml`, which `evalkit.tasks.loader.task_dirs` and
+`evalkit.grids.zoo.zoo_path` fall back to when there is no source tree. An editable install reads the
 source tree and gets no copies. The sdist carries the originals, so a wheel built from it has them too.
 """
 

@@ -93,7 +93,7 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     from evalkit.data.cache import decoded_images
-    from evalkit.data.folder import read_image_folder
+    from evalkit.data.formats.folder import read_image_folder
     from evalkit.data.preprocess import PreprocessCfg
 
     work = Path(tempfile.mkdtemp(prefix="evalkit-cache-bench-"))

@@ -253,8 +253,8 @@ def bench_device(args, device: torch.device, batch_sizes: list[int], default_bs:
     from evalkit.engine import RunOptions, _autocast, _run_dataset, default_precision
     from evalkit.models.factory import load_model
     from evalkit.tasks.base import RunContext
-    from evalkit.tasks.registry import get_task
-    from evalkit.tasks.zeroshot_classification import ZeroShotClassification
+    from evalkit.tasks.loader import get_task
+    from evalkit.tasks.protocols.zeroshot_classification import ZeroShotClassification
 
     precision = args.precision or default_precision(device.type)
     base_opts = RunOptions()

@@ -182,7 +182,7 @@ def main() -> int:
     import pandas as pd
 
     from evalkit.embedded.paths import data_root
-    from evalkit.models.zoo import grid_specs
+    from evalkit.grids.zoo import grid_specs
 
     specs = [s for s in grid_specs("micro") if "mammut" not in s.model]  # clip_benchmark cannot load MaMMUT
     datasets = ("wds_shapes", "wds_shapes_captions")

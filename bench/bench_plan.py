@@ -80,8 +80,7 @@ def make_layout(root: Path, n: int) -> int:
     """Empty checkpoint files, epoch_latest links and the metadata table; returns the run count."""
     import pandas as pd
 
-    from evalkit.models import paper_grid as pg
-
+    from evalkit.grids import paper as pg
     runs = run_names(n)
     rows = []
     for name, meta, epochs in runs:
@@ -98,7 +97,7 @@ def make_layout(root: Path, n: int) -> int:
 
 
 def resolved_tasks():
-    from evalkit.tasks.registry import get_task
+    from evalkit.tasks.loader import get_task
 
     return [get_task(name).resolved(data={"n_images": n, "fingerprint": f"bench-{name}"})
             for name, n in TASKS.items()]
@@ -106,7 +105,7 @@ def resolved_tasks():
 
 def write_units(out: Path, units, done_frac: float) -> int:
     """Unit files (as UnitStore.write lays them out, without its fsync) for every other unit: status ok."""
-    from evalkit.results import RESULT_COLUMNS
+    from evalkit.results.store import RESULT_COLUMNS
 
     units_dir = out / "units"
     units_dir.mkdir(parents=True)
@@ -130,8 +129,8 @@ def one_size(n: int, shards: int, done_frac: float, tmp: str | None) -> dict:
     logging.getLogger("evalkit").addHandler(logging.NullHandler())
     logging.getLogger("evalkit").propagate = False
     from evalkit import engine
-    from evalkit.models.runs import specs_from_glob, specs_from_run_dir
-    from evalkit.results import UnitStore
+    from evalkit.grids.runs import specs_from_glob, specs_from_run_dir
+    from evalkit.results.store import UnitStore
 
     res: dict = {"n": n, "t": {}, "rss": {}}
     with tempfile.TemporaryDirectory(prefix="bench_plan_", dir=tmp) as d:

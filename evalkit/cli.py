@@ -60,7 +60,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _specs(args: argparse.Namespace):
-    from evalkit.models.selection import model_specs
+    from evalkit.grids.selection import model_specs
 
     return model_specs(args.model, args.pretrained, checkpoints=args.checkpoints, run_dir=args.run_dir,
                        grid=args.grid, family=args.family, where=args.where, epochs=args.epochs)
@@ -68,8 +68,8 @@ def _specs(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from evalkit.engine import RunOptions, run
-    from evalkit.results import collect
-    from evalkit.tasks.registry import get_task
+    from evalkit.results.store import collect
+    from evalkit.tasks.loader import get_task
 
     specs = _specs(args)
     tasks = [get_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
@@ -93,8 +93,8 @@ def _run_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from evalkit.submit import SubmitError, submit_shards
-    from evalkit.tasks.registry import get_task
+    from evalkit.cluster.submit import SubmitError, submit_shards
+    from evalkit.tasks.loader import get_task
 
     specs = _specs(args)
     tasks = [get_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
@@ -116,7 +116,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(f"submitted {len(sub.jobs)} array tasks (job {sub.array_id}){step}; logs in {folder}", flush=True)
     if not args.wait:
         return 0
-    from evalkit.results import collect
+    from evalkit.results.store import collect
 
     outcomes = sub.wait()
     counts = {k: sum(o.counts[k] for o in outcomes if o.finished) for k in ("ok", "failed", "skipped")}
@@ -130,7 +130,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from evalkit.models.zoo import read_zoo
+    from evalkit.grids.zoo import read_zoo
 
     zoo = read_zoo()
     print(f"# zoo: {zoo.get('path', 'checkpoints.yaml (none found)')}")
@@ -146,7 +146,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from evalkit.tasks.registry import all_tasks, suite_members
+    from evalkit.tasks.loader import all_tasks, suite_members
 
     tasks = all_tasks()
     for name, t in sorted(tasks.items()):
@@ -168,7 +168,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from evalkit.results import collect, superseded
+    from evalkit.results.store import collect, superseded
 
     if args.superseded:
         old = superseded(args.out)
@@ -198,14 +198,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "rm":
         print(f"removed {cache.remove_entries(cache_dir, args.match or '')} entries from {cache_dir}")
         return 0
+    from evalkit.cluster.submit import build_cache, pixel_configs
     from evalkit.data.preprocess import PreprocessCfg
     from evalkit.engine import shard_from_env
-    from evalkit.submit import build_cache, pixel_configs
-    from evalkit.tasks.registry import get_task
+    from evalkit.tasks.loader import get_task
 
     tasks = [get_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
     if args.model:  # the pixels the engine will ask for with this model (size, interpolation, resize mode)
-        from evalkit.models.selection import model_specs
+        from evalkit.grids.selection import model_specs
 
         cfgs = pixel_configs(model_specs(args.model, args.pretrained, family=args.family))
     else:
@@ -258,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--match", help="rm: only entries whose name or source contains this")
     k.add_argument("--cache-dir")
     k.set_defaults(func=cmd_cache)
-    from evalkit.compare import add_compare_parser
-    from evalkit.export import add_export_parser
+    from evalkit.results.compare import add_compare_parser
+    from evalkit.results.export import add_export_parser
 
     add_export_parser(sub)
     add_compare_parser(sub)

@@ -18,9 +18,9 @@ OPTIONAL_TASKS = ["shapes_coco", "shapes_ade20k"]  # retrieval and segmentation 
 def main(out: str = "results/demo") -> int:
     from evalkit.embedded.paths import data_root, embedded_home
     from evalkit.engine import RunOptions, run
-    from evalkit.models.zoo import grid_specs
-    from evalkit.results import collect
-    from evalkit.tasks.registry import all_tasks, get_task
+    from evalkit.grids.zoo import grid_specs
+    from evalkit.results.store import collect
+    from evalkit.tasks.loader import all_tasks, get_task
 
     t0 = time.time()
     registered = all_tasks()

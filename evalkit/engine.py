@@ -35,9 +35,9 @@ from evalkit.models.flops import estimate_gflops, gflops_per_sample
 from evalkit.models.source import parse_source
 from evalkit.models.spec import ModelSpec
 from evalkit.progress import Progress
-from evalkit.results import UnitStore, collect, now, unit_id
+from evalkit.results.store import UnitStore, collect, now, unit_id
 from evalkit.tasks.base import RunContext, TaskRunner, encode_images, open_task, protocols
-from evalkit.tasks.registry import expand, get_task
+from evalkit.tasks.loader import expand, get_task
 from evalkit.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -349,7 +349,7 @@ def evaluate(models: list[ModelSpec | str] | ModelSpec | str | None = None, task
     `run_dir`, `grid` (a zoo grid or `hf-hub:ORG/REPO`), narrowed by `where`/`epochs`; `tasks`:
     registered names, suites or `wds/NAME`. Other keyword options are those of `RunOptions`.
     """
-    from evalkit.models.selection import model_specs
+    from evalkit.grids.selection import model_specs
 
     opts = RunOptions(**kwargs)
     if isinstance(tasks, str):
@@ -540,7 +540,7 @@ def _evaluate_checkpoint(sh: _Shared, ckpt_units: list[Unit], state_future: Futu
             counts["failed"] += 1
             progress.unit(f"{spec.name} x {u.task.name}: FAILED ({err})")
         if not opts.keep_checkpoints:
-            from evalkit.models.hub_grid import evict_checkpoint
+            from evalkit.grids.hub import evict_checkpoint
 
             evict_checkpoint(spec)
         return
@@ -582,7 +582,7 @@ def _evaluate_checkpoint(sh: _Shared, ckpt_units: list[Unit], state_future: Futu
             except Exception as e:
                 _fail(store, u, lm, e, common, share, counts, progress)
     if not opts.keep_checkpoints:  # all its units are written: a downloaded hub checkpoint leaves the cache
-        from evalkit.models.hub_grid import evict_checkpoint
+        from evalkit.grids.hub import evict_checkpoint
 
         evict_checkpoint(spec)
 
@@ -591,7 +591,7 @@ def _prefetch(pool: _Reader, spec: ModelSpec) -> Future | None:
     """Read a local checkpoint file in the background (I/O and unpickling overlap compute); a hub grid
     checkpoint (`hf-hub-file:`) is downloaded there first, just in time. A spec that will fail anyway
     (`spec.error`) is neither downloaded nor read."""
-    from evalkit.models.hub_grid import fetch_checkpoint, is_hub_file
+    from evalkit.grids.hub import fetch_checkpoint, is_hub_file
 
     if spec.error:
         return None

@@ -9,7 +9,7 @@ def is_user_error(e: BaseException) -> bool:
     from evalkit.models.checkpoint import CheckpointError
     from evalkit.models.configs import ModelNotFound
     from evalkit.models.hub import HubUnavailable
-    from evalkit.results import ResultsWriteError
+    from evalkit.results.store import ResultsWriteError
     from evalkit.tasks.spec import TaskError
 
     return isinstance(e, (DataError, CheckpointError, ModelNotFound, HubUnavailable, TaskError, ResultsWriteError, DeviceError, FileNotFoundError, ValueError))

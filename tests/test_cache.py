@@ -10,8 +10,8 @@ import torch
 from _embedded import DATA
 
 from evalkit.data.cache import decoded_images, entry_dir, host_batches, list_entries
+from evalkit.data.formats.wds import read_wds
 from evalkit.data.preprocess import PreprocessCfg, normalize
-from evalkit.data.wds import read_wds
 
 CFG = PreprocessCfg(size=48)
 

@@ -78,7 +78,7 @@ def test_three_processes_build_the_pieces_through_the_cli(tmp_path):
     assert said.count("400 images cached") >= 1, said  # the last to finish assembled
     from evalkit.data.roots import resolve_root
     from evalkit.tasks.base import open_task
-    from evalkit.tasks.registry import get_task
+    from evalkit.tasks.loader import get_task
 
     spec = get_task("shapes")
     _, source = open_task(spec, resolve_root(spec.dataset, None, spec.options.get("default_root")))

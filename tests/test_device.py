@@ -15,7 +15,7 @@ from evalkit import engine
 from evalkit.cli import main
 from evalkit.engine import DeviceError, RunOptions, configure_precision, resolve_device, run
 from evalkit.models.spec import ModelSpec
-from evalkit.tasks.registry import get_task
+from evalkit.tasks.loader import get_task
 
 GPU_VARS = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "LOCAL_RANK", "SLURM_LOCALID")
 
@@ -122,7 +122,7 @@ def test_fp32_turns_tf32_off():
 def test_previous_architecture_released_before_the_next_is_built(tmp_path, monkeypatch):
     """At an architecture change the engine holds nothing of the previous model (module, classifier,
     runners, results), so it is collectable before the next one is built."""
-    from evalkit.models.clip import CLIPFamily
+    from evalkit.models.families.clip import CLIPFamily
 
     ckpts = [(TINY_S, save_training_checkpoint(tiny_clip(TINY_S, seed=1), tmp_path / "s" / "epoch_1.pt")),
              (TINY_M, save_training_checkpoint(tiny_clip(TINY_M, seed=2), tmp_path / "m" / "epoch_1.pt")),

@@ -14,8 +14,8 @@ from _util import REPO
 
 from evalkit.engine import RunOptions, run
 from evalkit.models.spec import ModelSpec
-from evalkit.results import collect
-from evalkit.tasks.registry import get_task
+from evalkit.results.store import collect
+from evalkit.tasks.loader import get_task
 
 DOC = REPO / "docs" / "tasks.md"
 

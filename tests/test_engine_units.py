@@ -12,8 +12,8 @@ from _util import TINY_S, save_training_checkpoint, tiny_clip
 import evalkit
 from evalkit.engine import RunOptions, assign_shards, plan, run
 from evalkit.models.spec import ModelSpec
-from evalkit.results import UnitStore
-from evalkit.tasks.registry import get_task
+from evalkit.results.store import UnitStore
+from evalkit.tasks.loader import get_task
 from evalkit.tasks.spec import TaskError
 
 
@@ -57,7 +57,7 @@ def test_corrupt_image_fails_its_unit_only(ckpts, tmp_path):
     finally:
         del os.environ["EVALKIT_DATA_ROOT_SHAPES"], os.environ["EVALKIT_DATA_ROOT_WDS_SHAPES"]
     assert counts == {"ok": 1, "failed": 1, "skipped": 0}
-    table = evalkit.results.collect(tmp_path / "out")
+    table = evalkit.results.store.collect(tmp_path / "out")
     failed = table[table.status == "failed"]
     assert list(failed.task) == ["shapes"] and victim.name in failed.error.iloc[0]
     assert (table[table.task == "wds/wds_shapes"].status == "ok").all()
@@ -124,7 +124,7 @@ def test_collect_racing_a_finishing_shard_ends_complete(tmp_path, monkeypatch):
     A must notice the new unit and collect again, so the table on disk ends complete."""
     import pandas as pd
 
-    from evalkit.results import UnitStore, collect
+    from evalkit.results.store import UnitStore, collect
 
     def unit(store: UnitStore, uid: str) -> None:
         store.write(uid, [{"unit_id": uid, "model": uid, "task": "t", "metric": "acc1", "value": 0.5}], "ok")

@@ -12,9 +12,9 @@ import pytest
 from _util import fixture_path
 
 from evalkit.cli import main
-from evalkit.compare import compare, summary_path
-from evalkit.export import LEADING_COLUMNS, REFERENCE_METRICS, ExportError, to_scaling_laws
-from evalkit.importers import IMPORT_COLUMNS, import_clip_benchmark, import_scaling_laws
+from evalkit.results.compare import compare, summary_path
+from evalkit.results.export import LEADING_COLUMNS, REFERENCE_METRICS, ExportError, to_scaling_laws
+from evalkit.results.importers import IMPORT_COLUMNS, import_clip_benchmark, import_scaling_laws
 
 WIDE = fixture_path("scaling-laws", "segmentation_results.parquet")
 IDENTITY = ["model", "arch", "family", "checkpoint", "epoch", "samples_seen", "pretrain_dataset", "lr_scheduler",

@@ -219,13 +219,13 @@ def test_duplicate_registration_warns_and_the_later_wins(registry_snapshot):
 
 def test_builtin_families_come_from_the_one_module_list():
     """No import of factory (or anything) registers them: the first `families()` call loads the list."""
-    assert FAMILY_MODULES == ("evalkit.models.clip", "evalkit.models.mammut")
+    assert FAMILY_MODULES == ("evalkit.models.families.clip", "evalkit.models.families.mammut")
     code = ("import sys\nfrom evalkit.models.family import families, _REGISTRY\n"
-            "assert not _REGISTRY and 'evalkit.models.clip' not in sys.modules\n"
+            "assert not _REGISTRY and 'evalkit.models.families.clip' not in sys.modules\n"
             "print(sorted((n, f.__module__) for n, f in families().items()))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[('clip', 'evalkit.models.clip'), ('mammut', 'evalkit.models.mammut')]"
+    assert r.stdout.strip() == "[('clip', 'evalkit.models.families.clip'), ('mammut', 'evalkit.models.families.mammut')]"
     factory_src = (REPO / "evalkit" / "models" / "factory.py").read_text()
     assert "models.clip" not in factory_src and "models.mammut" not in factory_src and "import clip" not in factory_src
 
@@ -276,8 +276,7 @@ def _zoo(tmp_path: Path, monkeypatch, text: str) -> None:
 def test_zoo_preprocess_reaches_the_loaded_model(tmp_path, monkeypatch):
     """A zoo entry's `preprocess:` overrides the checkpoint's (SigLIP-style mean/std, squash, size),
     over a local-dir's own preprocess_cfg too; the keys it leaves out keep the config's values."""
-    from evalkit.models import zoo
-
+    from evalkit.grids import zoo
     folder = save_local_dir(tiny_clip(TINY_S), TINY_S, tmp_path / "tiny")
     cfg = json.loads((folder / "open_clip_config.json").read_text())
     cfg["preprocess_cfg"] = {"mean": [0.1, 0.2, 0.3], "std": [0.9, 0.9, 0.9], "interpolation": "bilinear"}
@@ -305,8 +304,7 @@ models:
 def test_zoo_grid_preprocess_reaches_every_checkpoint(tmp_path, monkeypatch):
     from _embedded import ensure_grid
 
-    from evalkit.models import zoo
-
+    from evalkit.grids import zoo
     ensure_grid()
     _zoo(tmp_path, monkeypatch, """
 grids:
@@ -327,8 +325,7 @@ grids:
     ("[0.5]", "preprocess must be a mapping"),
 ])
 def test_bad_zoo_preprocess_is_refused_naming_the_entry(tmp_path, monkeypatch, pre, match):
-    from evalkit.models import zoo
-
+    from evalkit.grids import zoo
     _zoo(tmp_path, monkeypatch, f"models:\n  bad:\n    model: {TINY_S}\n    preprocess: {pre}\n")
     with pytest.raises(ModelNotFound, match=f"zoo.yaml: models: bad: .*{match}"):
         zoo.resolve_model_arg("bad")

@@ -12,10 +12,10 @@ import torch
 from _embedded import DATA
 
 import evalkit.data.cache as cache
-from evalkit.data.captions import open_retrieval
+from evalkit.data.formats.captions import open_retrieval
+from evalkit.data.formats.segmentation import open_segmentation
 from evalkit.data.open import open_classification
 from evalkit.data.preprocess import PreprocessCfg, normalize
-from evalkit.data.segmentation import open_segmentation
 from evalkit.data.sources import ImageSource
 
 
@@ -118,7 +118,7 @@ def test_hf_source_decodes_in_forkserver_workers(tmp_path, live_thread):
     datasets = pytest.importorskip("datasets")
     from PIL import Image
 
-    from evalkit.data.hf import read_hf
+    from evalkit.data.formats.hf import read_hf
 
     files = sorted((DATA / "imagenet_folder" / "val").rglob("*.JPEG"))[:70]
     ds = datasets.Dataset.from_dict({"image": [Image.open(f).convert("RGB") for f in files], "label": [0] * len(files)},
@@ -156,7 +156,7 @@ def test_engine_lets_its_threads_finish_so_decoders_fork(monkeypatch, tmp_path):
 
     from evalkit.engine import RunOptions, run
     from evalkit.models.spec import ModelSpec
-    from evalkit.tasks.registry import get_task
+    from evalkit.tasks.loader import get_task
 
     ckpts = [save_training_checkpoint(tiny_clip(TINY_S, seed=s), tmp_path / f"r{s}" / "epoch_1.pt") for s in (1, 2)]
     seen = []

@@ -19,7 +19,7 @@ import pytest
 from _hub_server import HubServer
 from _util import REPO, TINY_S, save_training_checkpoint, tiny_clip
 
-from evalkit.models import hub_grid
+from evalkit.grids import hub as hub_grid
 
 HUB_TAIL = "_globalbs64_lr0.001_b1_0.9_b2_0.95_sched_cosine_warmup10_gpus1"
 RUN_A = "clip_tinyclip-S_s2K_embedded" + HUB_TAIL

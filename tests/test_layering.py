@@ -84,7 +84,7 @@ for pkg in (evalkit.data, evalkit.models):
         importlib.import_module(pkg.__name__ + "." + m.name)
 before = "{PLUGIN}" in sys.modules
 from evalkit.data.roots import PLUGINS, resolve_root
-from evalkit.models.zoo import zoo_spec
+from evalkit.grids.zoo import zoo_spec
 roots = {{t: str(resolve_root(t, None, d)) for t, d in {defaults!r}.items()}}
 print(json.dumps({{"before": before, "after": "{PLUGIN}" in sys.modules, "plugins": PLUGINS, "roots": roots,
                   "zoo": zoo_spec("tinyclip-S").pretrained, "grid_root": zoo_spec("mammut-tiny-S").pretrained}}))
@@ -151,7 +151,7 @@ def test_one_parser_for_model_sources():
     assert not bad, "parse these with evalkit.models.source.parse_source:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("module", ["evalkit.models.source", "evalkit.models.spec", "evalkit.models.zoo"])
+@pytest.mark.parametrize("module", ["evalkit.models.source", "evalkit.models.spec", "evalkit.grids.zoo"])
 def test_source_parsing_stays_light(module):
     """The CLI parses sources and reads the zoo before any model is loaded: no torch there."""
     out = _run(f"import sys, {module}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip')))")

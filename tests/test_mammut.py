@@ -16,8 +16,8 @@ import torch
 from _util import fixture_path
 
 from evalkit.models.checkpoint import CheckpointError, _torch_load, load_into, read_state_dict
+from evalkit.models.families.mammut import MaMMUT, MaMMUTFamily
 from evalkit.models.family import FAMILIES, family_for
-from evalkit.models.mammut import MaMMUT, MaMMUTFamily
 
 MANIFESTS = fixture_path("mammut-fork", "manifests")
 MICRO = fixture_path("mammut-fork", "micro-A")

@@ -26,7 +26,7 @@ from open_clip.transformer import LayerNorm as ForkLayerNorm
 from open_clip.transformer import ResidualAttentionBlock
 
 from evalkit.models.checkpoint import _torch_load, load_into, read_state_dict
-from evalkit.models.mammut import MaMMUT, MaMMUTFamily
+from evalkit.models.families.mammut import MaMMUT, MaMMUTFamily
 
 MICRO = fixture_path("mammut-fork", "micro-A")
 BF16 = torch.bfloat16

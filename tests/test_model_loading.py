@@ -140,7 +140,7 @@ def test_checkpoint_of_another_architecture_names_keys(tmp_path):
 
 
 def test_unknown_model_lists_close_names():
-    from evalkit.models.zoo import resolve_model_arg
+    from evalkit.grids.zoo import resolve_model_arg
 
     with pytest.raises(ModelNotFound, match="Close names: .*ViT-B-32"):
         resolve_model_arg("ViT-B-23")

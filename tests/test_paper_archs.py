@@ -20,8 +20,8 @@ import pytest
 import torch
 from _util import fixture_path
 
+from evalkit.grids import paper as pg
 from evalkit.models import factory  # noqa: F401  (registers the clip and mammut families)
-from evalkit.models import paper_grid as pg
 from evalkit.models.configs import CONFIG_DIR, get_arch_config
 from evalkit.models.family import family_for
 
@@ -55,7 +55,7 @@ def _meta_model(arch: str) -> torch.nn.Module:
         if family.name == "clip":  # open_clip moves the model to `device`: keep it on meta
             import open_clip
 
-            from evalkit.models.clip import _registered_name
+            from evalkit.models.families.clip import _registered_name
 
             return open_clip.create_model(_registered_name(arch, cfg), pretrained=None, device="meta")
         return family.build(arch, cfg)
@@ -142,7 +142,7 @@ def test_smallest_added_arch_builds_and_profiles_as_the_paper():
 def test_siglip_config_is_the_clip_architecture_with_a_logit_bias(arch):
     """The paper's SigLIP runs (the fork's `*-SigLIP` configs) are its CLIP architecture trained with
     the sigmoid loss: the same towers plus `init_logit_bias`, and CLIP's tokenizer."""
-    from evalkit.models.clip import CLIPFamily
+    from evalkit.models.families.clip import CLIPFamily
 
     clip = get_arch_config(PROFILE.loc[arch, "model_simple"])
     assert get_arch_config(arch) == {**clip, "init_logit_bias": -10}

@@ -14,8 +14,8 @@ from _embedded import DATA
 from _util import TINY_S, fixture_path, save_training_checkpoint, tiny_clip
 
 from evalkit.cli import build_parser, main
-from evalkit.models import paper_grid as pg
-from evalkit.models.runs import specs_from_glob, specs_from_run_dir
+from evalkit.grids import paper as pg
+from evalkit.grids.runs import specs_from_glob, specs_from_run_dir
 
 HUB_TAIL = "_globalbs64_lr0.001_b1_0.9_b2_0.95_sched_cosine_warmup10_gpus1"
 CLIP_RUN = "clip_tinyclip-S_s2K_embedded" + HUB_TAIL
@@ -85,7 +85,7 @@ def test_where_and_epochs_parsing():
 def weights(tmp_path_factory):
     """One tiny CLIP and one tiny MaMMUT checkpoint in open_clip's training format (hard-linked below)."""
     from evalkit.models.configs import get_arch_config
-    from evalkit.models.mammut import MaMMUT
+    from evalkit.models.families.mammut import MaMMUT
 
     d = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
@@ -308,7 +308,7 @@ OPENMAMMUT = {
 
 @pytest.mark.parametrize("name", sorted(OPENMAMMUT))
 def test_zoo_names_every_released_openmammut(name):
-    from evalkit.models.zoo import resolve_model_arg
+    from evalkit.grids.zoo import resolve_model_arg
 
     spec = resolve_model_arg(name)  # no download: the zoo entry alone
     assert spec.model == f"hf-hub:{OPENMAMMUT[name]}" and spec.pretrained is None

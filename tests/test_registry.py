@@ -14,8 +14,8 @@ from _embedded import DATA, trained_checkpoint
 from evalkit.cli import main
 from evalkit.engine import RunOptions, run
 from evalkit.models.spec import ModelSpec
-from evalkit.results import collect
-from evalkit.tasks.registry import all_tasks, expand, get_task, suite_members
+from evalkit.results.store import collect
+from evalkit.tasks.loader import all_tasks, expand, get_task, suite_members
 from evalkit.tasks.spec import TaskError
 
 
@@ -244,8 +244,8 @@ def test_builtin_suites_end_to_end(ckpt, tmp_path):
 def test_imagenet_subset_from_folder_wnids(tmp_path):
     """ImageNet-A/-R in the folder layout: the wnid folders are named with ImageNet-1k's class names."""
     from evalkit.tasks.base import open_task
+    from evalkit.tasks.protocols.zeroshot_classification import imagenet1k_wnids
     from evalkit.tasks.spec import open_clip_list
-    from evalkit.tasks.zeroshot_classification import imagenet1k_wnids
 
     wnids = imagenet1k_wnids()
     pick = [wnids[i] for i in (1, 7, 300)]

@@ -15,7 +15,7 @@ import pytest
 from _embedded import DATA
 from _util import REPO, TINY_S, save_training_checkpoint, tiny_clip
 
-from evalkit.results import UnitStore, collect
+from evalkit.results.store import UnitStore, collect
 
 KEY = ["model", "task", "metric"]
 COMPARE = KEY + ["value", "n_samples", "status", "samples_seen", "epoch"]
@@ -148,9 +148,9 @@ def test_results_do_not_depend_on_batch_size(grid, reference, tmp_path):
 
 @pytest.mark.slow  # test_slurm.py submits the array to a real cluster
 def test_submit_runs_shards_as_an_array_with_submitits_local_executor(grid, reference, tmp_path):
-    from evalkit.models.runs import specs_from_run_dir
-    from evalkit.submit import submit
-    from evalkit.tasks.registry import get_task
+    from evalkit.cluster.submit import submit
+    from evalkit.grids.runs import specs_from_run_dir
+    from evalkit.tasks.loader import get_task
 
     opts = {"data_root": str(DATA / "{dataset}"), "out": str(tmp_path / "out"), "device": "cpu",
             "cache_dir": str(tmp_path / "cache"), "batch_size": 50}

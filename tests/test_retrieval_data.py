@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from _embedded import DATA
 from clip_benchmark.metrics import zeroshot_retrieval as cb
 
-from evalkit.data.captions import open_retrieval
+from evalkit.data.formats.captions import open_retrieval
 from evalkit.data.sources import DataError
-from evalkit.tasks.zeroshot_retrieval import retrieval_hits, retrieval_metrics
+from evalkit.tasks.protocols.zeroshot_retrieval import retrieval_hits, retrieval_metrics
 
 COCO_JSON = DATA / "mscoco" / "coco_test_karpathy.json"
 FLICKR_TXT = DATA / "flickr30k" / "flickr30k_test_karpathy.txt"

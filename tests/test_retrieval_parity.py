@@ -124,7 +124,7 @@ def test_hf_folder_matches_the_coco_layout(trained, tmp_path):
     import datasets
     from PIL import Image
 
-    from evalkit.data.captions import open_retrieval
+    from evalkit.data.formats.captions import open_retrieval
 
     ckpt, cfg, *_ = trained
     ref = open_retrieval(DATA / "mscoco", "test")
@@ -163,7 +163,7 @@ def mammut(tmp_path_factory):
     from open_clip.transform import image_transform_v2
 
     from evalkit.models.factory import load_model
-    from evalkit.models.mammut import MaMMUT
+    from evalkit.models.families.mammut import MaMMUT
 
     cfg = model_config_path("mammut_tiny-S")
     torch.manual_seed(11)

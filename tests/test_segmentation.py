@@ -14,11 +14,16 @@ from _embedded import DATA
 from _util import TINY_S, tiny_clip
 from PIL import Image
 
+from evalkit.data.formats.segmentation import (
+    IGNORE_LABEL,
+    label_transform,
+    load_label_maps,
+    open_segmentation,
+)
 from evalkit.data.preprocess import PreprocessCfg, pixel_transform
-from evalkit.data.segmentation import IGNORE_LABEL, label_transform, load_label_maps, open_segmentation
 from evalkit.data.sources import DataError, ImageSource
-from evalkit.tasks.registry import get_task
-from evalkit.tasks.seg_metrics import SegmentationMeter
+from evalkit.tasks.loader import get_task
+from evalkit.tasks.protocols.seg_metrics import SegmentationMeter
 from evalkit.tasks.spec import TaskError
 
 ADE = DATA / "ADEChallengeData2016"
@@ -198,7 +203,7 @@ def test_task_files_declare_protocols_and_classes():
 
 
 def test_protocol_settings_must_all_be_declared():
-    from evalkit.tasks.segmentation import protocol_options
+    from evalkit.tasks.protocols.segmentation import protocol_options
 
     spec = get_task("shapes_ade20k")
     assert protocol_options(spec)[0] == "linear"
@@ -216,7 +221,7 @@ def test_protocol_settings_must_all_be_declared():
 
 
 def test_wrong_data_for_the_task_is_caught():
-    from evalkit.tasks.segmentation import Segmentation
+    from evalkit.tasks.protocols.segmentation import Segmentation
 
     with pytest.raises(DataError, match="9 classes.*num_classes 150"):
         Segmentation.open_source(ADE, get_task("ade20k"))
@@ -255,7 +260,7 @@ def test_maskclip_equals_last_block_with_self_only_attention():
 def test_mammut_dense_is_ln_post_then_proj():
     import json
 
-    import evalkit.models.mammut as mammut
+    import evalkit.models.families.mammut as mammut
 
     cfg = json.loads((TINY_S.parent / "mammut_tiny-S.json").read_text())
     torch.manual_seed(0)
@@ -273,7 +278,7 @@ def test_mammut_dense_is_ln_post_then_proj():
 
 def test_linear_head_training_is_deterministic_and_learns():
     """Seeded pixels, batches and zero init: the same head twice; and it separates separable tokens."""
-    from evalkit.tasks.segmentation import fit_linear_head, upsampled_logits
+    from evalkit.tasks.protocols.segmentation import fit_linear_head, upsampled_logits
 
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 3, (20, 1, 1), generator=gen).repeat(1, 16, 16).to(torch.uint8)  # one class per image
@@ -291,7 +296,7 @@ def test_linear_head_training_is_deterministic_and_learns():
 @pytest.mark.parametrize(("size", "grid"), [(32, (4, 4)), (224, (14, 14)), (224, (16, 16)), (30, (3, 5))])
 def test_bilinear_taps_equal_upsampled_logits(size, grid):
     """Training interpolates tokens at sampled pixels with the exact weights of inference's F.interpolate."""
-    from evalkit.tasks.segmentation import bilinear_taps, upsampled_logits
+    from evalkit.tasks.protocols.segmentation import bilinear_taps, upsampled_logits
 
     logits = torch.randn(2, grid[0] * grid[1], 5, generator=torch.Generator().manual_seed(1))
     if grid[0] != grid[1]:  # upsampled_logits is square-only; compare with F.interpolate directly
@@ -306,7 +311,7 @@ def test_bilinear_taps_equal_upsampled_logits(size, grid):
 
 
 def test_protocol_chosen_on_the_command_line():
-    from evalkit.tasks.segmentation import Segmentation
+    from evalkit.tasks.protocols.segmentation import Segmentation
 
     base, zs = get_task("ade20k"), get_task("ade20k@zero-shot")
     assert (base.options["protocol"], zs.options["protocol"], zs.name) == ("linear", "zero-shot", "ade20k@zero-shot")

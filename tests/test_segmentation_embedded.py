@@ -15,8 +15,8 @@ from _util import TINY_S, tiny_clip
 import evalkit
 from evalkit.engine import RunOptions, run
 from evalkit.models.spec import ModelSpec
-from evalkit.results import collect
-from evalkit.tasks.registry import get_task
+from evalkit.results.store import collect
+from evalkit.tasks.loader import get_task
 
 ADE = DATA / "ADEChallengeData2016"
 

@@ -24,8 +24,8 @@ import pytest
 import torch
 from PIL import Image
 
-import evalkit.data.segmentation as segdata
-import evalkit.tasks.segmentation as segtask
+import evalkit.data.formats.segmentation as segdata
+import evalkit.tasks.protocols.segmentation as segtask
 from evalkit import engine
 from evalkit.data.preprocess import PreprocessCfg
 from evalkit.models.family import LoadedModel
@@ -165,7 +165,7 @@ def run_oracle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int 
 
     monkeypatch.setattr(segtask.Segmentation, "result", result)
     counts = engine.run([ModelSpec(model="oracle", name="oracle")], [oracle_task()], opts)
-    from evalkit.results import collect
+    from evalkit.results.store import collect
 
     table = collect(opts.out)
     if counts["ok"] != 1:

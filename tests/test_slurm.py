@@ -106,8 +106,8 @@ def reference(grid, cache, tmp_path_factory) -> pd.DataFrame:
 def shard_units(grid) -> list[dict[str, tuple[str, str]]]:
     """Per shard: unit id -> (checkpoint name, task), as the engine assigns them."""
     from evalkit.engine import assign_shards, checkpoint_cost, plan, resolve_tasks
-    from evalkit.models.runs import specs_from_run_dir
-    from evalkit.tasks.registry import get_task
+    from evalkit.grids.runs import specs_from_run_dir
+    from evalkit.tasks.loader import get_task
 
     tasks = [td.spec for td in resolve_tasks([get_task(t) for t in TASKS.split(",")], None)]
     shards = assign_shards(plan(specs_from_run_dir(grid), tasks, "fp32"), SHARDS, checkpoint_cost)

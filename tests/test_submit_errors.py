@@ -71,7 +71,7 @@ def test_refused_collect_step_cancels_the_array(run_dir, tmp_path):
 
 
 def test_watcher_falls_back_to_squeue_once_without_accounting(tmp_path, monkeypatch, capsys):
-    from evalkit.submit import GONE, QueueWatcher
+    from evalkit.cluster.submit import GONE, QueueWatcher
 
     fake = _fake_bin(tmp_path / "bin", {
         "sacct": 'echo "Slurm accounting storage is disabled" >&2; exit 1\n',
@@ -93,7 +93,7 @@ def test_watcher_falls_back_to_squeue_once_without_accounting(tmp_path, monkeypa
 
 
 def test_watcher_keeps_sacct_where_accounting_works(tmp_path, monkeypatch, capsys):
-    from evalkit.submit import QueueWatcher
+    from evalkit.cluster.submit import QueueWatcher
 
     fake = _fake_bin(tmp_path / "bin", {
         "sacct": 'printf "JobID|State|NodeList\\n9_0|COMPLETED|vm\\n9_1|SUSPENDED|vm\\n"\n',

@@ -15,8 +15,8 @@ from evalkit.cli import main
 from evalkit.engine import RunOptions, run
 from evalkit.fit.table import TableError, load_points
 from evalkit.models.spec import ModelSpec
-from evalkit.results import UnitStore, collect, superseded
-from evalkit.tasks.registry import get_task
+from evalkit.results.store import UnitStore, collect, superseded
+from evalkit.tasks.loader import get_task
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +194,7 @@ def test_full_disk_is_one_line_and_keeps_units(ckpt, wds, tmp_path, capsys):
 def test_full_disk_simulated_enospc(ckpt, wds, tmp_path, monkeypatch):
     import errno
 
-    from evalkit import results as results_mod
-
+    from evalkit.results.store import store as results_mod
     out = tmp_path / "out"
     _run(ckpt, ["wds/wds_shapes"], out, wds)
 

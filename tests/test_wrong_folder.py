@@ -17,11 +17,11 @@ import pytest
 from _embedded import DATA
 from _util import REPO, TINY_S, tiny_clip
 
-from evalkit.data.captions import open_retrieval
-from evalkit.data.segmentation import open_segmentation
+from evalkit.data.formats.captions import open_retrieval
+from evalkit.data.formats.segmentation import open_segmentation
 from evalkit.data.sources import DataError
 from evalkit.tasks.base import open_task
-from evalkit.tasks.registry import get_task
+from evalkit.tasks.loader import get_task
 
 JPG = next((DATA / "flickr30k").glob("*.jpg"))
 ADE = DATA / "ADEChallengeData2016"
@@ -87,7 +87,7 @@ def _imagenet_dirs(root: Path, names: list[str]) -> Path:
 
 
 def test_imagenet1k_folders_must_be_its_1000_wnids(tmp_path):
-    from evalkit.tasks.zeroshot_classification import imagenet1k_wnids
+    from evalkit.tasks.protocols.zeroshot_classification import imagenet1k_wnids
 
     wnids = imagenet1k_wnids()
     assert wnids is not None and len(wnids) == 1000 and wnids[0] == "n01440764" and wnids[-1] == "n15075141"

@@ -17,7 +17,7 @@ from torchvision.datasets import ImageFolder
 import evalkit
 from evalkit.models.checkpoint import read_state_dict
 from evalkit.models.spec import ModelSpec
-from evalkit.tasks.registry import get_task
+from evalkit.tasks.loader import get_task
 
 
 @pytest.fixture(scope="module")

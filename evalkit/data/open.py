@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evalkit.data.folder import is_image_folder, read_image_folder
-from evalkit.data.hf import is_hf_folder, read_hf
+from evalkit.data.formats.folder import is_image_folder, read_image_folder
+from evalkit.data.formats.hf import is_hf_folder, read_hf
+from evalkit.data.formats.wds import dataset_type, is_wds, read_wds
 from evalkit.data.sources import DataError, ImageSource
-from evalkit.data.wds import dataset_type, is_wds, read_wds
 
 CLASSIFICATION_LAYOUTS = (
     "the ImageNet val layout (<root>/val/<wnid>/*.JPEG), a clip_benchmark webdataset folder "

@@ -68,7 +68,7 @@ def _clip_loss(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tenso
 
 
 def _build_mammut(cfg: dict) -> torch.nn.Module:
-    from evalkit.models.mammut import MaMMUT
+    from evalkit.models.families.mammut import MaMMUT
 
     return MaMMUT(cfg)
 

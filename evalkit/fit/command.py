@@ -105,7 +105,7 @@ def add_import_parser(subparsers) -> None:
 
 
 def run_import_command(args: argparse.Namespace) -> int:
-    from evalkit.importers import ImportError_, import_clip_benchmark
+    from evalkit.results.importers import ImportError_, import_clip_benchmark
 
     try:
         profile = None
@@ -131,7 +131,7 @@ def run_import_command(args: argparse.Namespace) -> int:
 
 
 def run_import_scaling_laws_command(args: argparse.Namespace) -> int:
-    from evalkit.importers import ImportError_, import_scaling_laws
+    from evalkit.results.importers import ImportError_, import_scaling_laws
 
     try:
         df = import_scaling_laws(args.table, args.out)

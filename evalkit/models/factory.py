@@ -81,7 +81,7 @@ def _pretrained_file(arch: str, pretrained: str | None) -> Path | None:
         return None
     source = src.parse_source(pretrained)
     if source.kind == src.HF_HUB_FILE:  # a checkpoint file of a hub repo (--grid hf-hub:ORG/REPO)
-        from evalkit.models.hub_grid import fetch_checkpoint
+        from evalkit.grids.hub import fetch_checkpoint
 
         return fetch_checkpoint(pretrained)
     if source.includes_weights:

@@ -26,7 +26,7 @@ from evalkit.data.preprocess import PreprocessCfg
 log = logging.getLogger(__name__)
 
 # The built-in families, imported on the first `families()` call: the one place that names them.
-FAMILY_MODULES: tuple[str, ...] = ("evalkit.models.clip", "evalkit.models.mammut")
+FAMILY_MODULES: tuple[str, ...] = ("evalkit.models.families.clip", "evalkit.models.families.mammut")
 # Installed packages add families through entry points of this group; each names a module (importing it
 # registers its families) or a `ModelFamily` subclass (registered as it is).
 ENTRY_POINT_GROUP = "evalkit.families"

@@ -22,8 +22,8 @@ PROTOCOLS: dict[str, type[TaskRunner]] = {}
 
 # The built-in protocols, read in this one place; other packages add theirs through the entry-point
 # group `evalkit.protocols` (a module that calls `register_protocol`).
-PROTOCOL_MODULES = ("evalkit.tasks.zeroshot_classification", "evalkit.tasks.zeroshot_retrieval",
-                    "evalkit.tasks.segmentation")
+PROTOCOL_MODULES = ("evalkit.tasks.protocols.zeroshot_classification", "evalkit.tasks.protocols.zeroshot_retrieval",
+                    "evalkit.tasks.protocols.segmentation")
 _LOADED = False
 
 
@@ -161,7 +161,7 @@ def open_task(spec: TaskSpec, root: Path | str) -> tuple[TaskSpec, ImageSource]:
     from dataclasses import replace
 
     if spec.type == "wds_auto":
-        from evalkit.data.wds import dataset_type
+        from evalkit.data.formats.wds import dataset_type
 
         kind = dataset_type(Path(root))
         spec = replace(spec, type=f"zeroshot_{kind}")
@@ -175,7 +175,7 @@ def open_task(spec: TaskSpec, root: Path | str) -> tuple[TaskSpec, ImageSource]:
         raise ValueError(f"task {spec.name} ({spec.source}): unknown type '{spec.type}' (known: {', '.join(sorted(protocols()))})")
     source = protocols()[spec.type].open_source(root, spec)
     if spec.classnames == "imagenet_subset":  # ImageNet-A/-R: the folder's classes named as in ImageNet-1k
-        from evalkit.tasks.zeroshot_classification import imagenet_subset_names
+        from evalkit.tasks.protocols.zeroshot_classification import imagenet_subset_names
 
         spec = replace(spec, classnames=imagenet_subset_names(source, spec))
     # the data's identity joins the hash: other files (or edited ones) are another task, never a resume

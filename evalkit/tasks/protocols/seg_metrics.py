@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from evalkit.data.segmentation import IGNORE_LABEL as IGNORE
+from evalkit.data.formats.segmentation import IGNORE_LABEL as IGNORE
 
 
 class SegmentationMeter:

@@ -8,7 +8,7 @@ before evalkit feed the same scaling-law fitter. Epoch and run name come from th
 
 `import_scaling_laws` reads the reference's wide tables (LAION's ``results.parquet`` from the hub
 repo, ``segmentation_results.parquet``: one row per checkpoint x downstream dataset, one column per
-metric) into the same tidy shape; `evalkit.export` writes that wide shape back.
+metric) into the same tidy shape; `evalkit.results.export` writes that wide shape back.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from evalkit.atomic import atomic_write
-from evalkit.results import RESULT_COLUMNS
+from evalkit.results.store import RESULT_COLUMNS
 
-# The tidy schema (one row per checkpoint x task x metric), as evalkit.results defines it.
+# The tidy schema (one row per checkpoint x task x metric), as evalkit.results.store defines it.
 TIDY_COLUMNS: tuple[str, ...] = tuple(c for c in RESULT_COLUMNS if c != "unit_id")
-# The identity columns the reference tables carry. evalkit.results lists them among its columns; a
+# The identity columns the reference tables carry. evalkit.results.store lists them among its columns; a
 # table written before it did lacks them, and every reader here tolerates that.
 IDENTITY_COLUMNS: tuple[str, ...] = ("namespace", "model_simple", "pretrain_dataset", "lr_scheduler",
                                      "samples_seen_scale_pretty", "total_epochs", "global_batch_size", "run")

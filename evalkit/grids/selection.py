@@ -11,7 +11,7 @@ def model_specs(model: str | None = None, pretrained: str | None = None, *, chec
                 run_dir: str | None = None, grid: str | None = None, family: str | None = None,
                 where: str | None = None, epochs: str | None = None) -> list[ModelSpec]:
     """The checkpoints to evaluate, in a stable order (see README: Running it)."""
-    from evalkit.models import runs, zoo
+    from evalkit.grids import runs, zoo
 
     kw = {"model": model, "family": family, "where": where, "epochs": epochs}
     if checkpoints:
@@ -19,7 +19,7 @@ def model_specs(model: str | None = None, pretrained: str | None = None, *, chec
     if run_dir:
         return runs.specs_from_run_dir(run_dir, **kw)
     if grid and parse_source(grid).kind == HF_HUB:
-        from evalkit.models.hub_grid import specs_from_hub
+        from evalkit.grids.hub import specs_from_hub
 
         return specs_from_hub(grid, **kw)
     if grid:

@@ -28,10 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evalkit.data.folder import PathOpener
-from evalkit.data.hf import is_hf_folder, read_hf
+from evalkit.data.formats.folder import PathOpener
+from evalkit.data.formats.hf import is_hf_folder, read_hf
+from evalkit.data.formats.wds import dataset_type, is_wds, read_wds
 from evalkit.data.sources import DataError, ImageSource, fingerprint_files
-from evalkit.data.wds import dataset_type, is_wds, read_wds
 
 RETRIEVAL_LAYOUTS = (
     "clip_benchmark's COCO layout (<root>/coco_<split>_karpathy.json + <root>/val2014/), its Flickr layout "

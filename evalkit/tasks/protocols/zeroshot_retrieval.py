@@ -140,7 +140,7 @@ class ZeroShotRetrieval(TaskRunner):
 
     @classmethod
     def open_source(cls, root, spec: TaskSpec) -> ImageSource:
-        from evalkit.data.captions import open_retrieval
+        from evalkit.data.formats.captions import open_retrieval
 
         return open_retrieval(root, split=spec.split, annotation=spec.options.get("annotation_file"))
 

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evalkit.data.segmentation import IGNORE_LABEL, load_label_maps, open_segmentation
+from evalkit.data.formats.segmentation import IGNORE_LABEL, load_label_maps, open_segmentation
 from evalkit.data.sources import DataError, ImageSource
 from evalkit.models.family import LoadedModel
 from evalkit.tasks.base import RunContext, TaskResult, TaskRunner, register_protocol
-from evalkit.tasks.seg_metrics import SegmentationMeter
+from evalkit.tasks.protocols.seg_metrics import SegmentationMeter
 from evalkit.tasks.spec import TaskError, TaskSpec
 
 PROTOCOL_KEYS: dict[str, tuple[str, ...]] = {
@@ -182,7 +182,7 @@ class Segmentation(TaskRunner):
             self._prepare_linear(lm, ctx)
 
     def _prepare_zero_shot(self, lm: LoadedModel, ctx: RunContext) -> None:
-        from evalkit.tasks.zeroshot_classification import build_classifier
+        from evalkit.tasks.protocols.zeroshot_classification import build_classifier
 
         if not self.spec.classnames or not self.spec.templates:
             raise ValueError(f"task {self.spec.name}: zero-shot segmentation needs classnames and templates")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evalkit.data.folder import PathOpener
+from evalkit.data.formats.folder import PathOpener
 from evalkit.data.preprocess import PreprocessCfg, pixel_transform
 from evalkit.data.sources import DataError, ImageSource, fingerprint_files
 
@@ -99,7 +99,7 @@ def read_ade20k(root: Path, split: str = "validation") -> ImageSource:
 
 def read_hf_segmentation(root: str, split: str = "validation") -> ImageSource:
     """A `datasets` folder (save_to_disk or parquet) with an image column and an annotation column."""
-    from evalkit.data.hf import ColumnOpener, _load
+    from evalkit.data.formats.hf import ColumnOpener, _load
 
     ds, errors = None, []
     for s in _aliases(split):
@@ -140,7 +140,7 @@ def read_hf_segmentation(root: str, split: str = "validation") -> ImageSource:
 
 def open_segmentation(root: Path | str, split: str = "validation") -> ImageSource:
     """A segmentation split from `root`, format detected from the layout."""
-    from evalkit.data.hf import is_hf_folder
+    from evalkit.data.formats.hf import is_hf_folder
 
     if isinstance(root, str) and root.startswith("hf:"):
         return read_hf_segmentation(root, split)

@@ -84,7 +84,7 @@ def zoo_spec(name: str) -> ModelSpec | None:
 
 
 def grid_specs(name: str) -> list[ModelSpec]:
-    from evalkit.models.runs import specs_from_glob
+    from evalkit.grids.runs import specs_from_glob
 
     zoo = read_zoo()
     entry = zoo["grids"].get(name)

@@ -2,7 +2,7 @@
 
 A repo in the layout of `laion/scaling-laws-for-comparison`: `<full_name>/epoch_<k>.pt` per run and the
 metadata table `results.parquet` at the root. The file list and the table come from the hub; the specs
-are those of the same layout on disk (evalkit/models/runs.py), with each checkpoint a reference
+are those of the same layout on disk (evalkit/grids/runs.py), with each checkpoint a reference
 
     hf-hub-file:ORG/REPO[@REVISION]:<full_name>/epoch_<k>.pt
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evalkit.models import paper_grid as pg
+from evalkit.grids import paper as pg
 from evalkit.models.hub import HubUnavailable
 from evalkit.models.spec import ModelSpec
 
@@ -205,7 +205,7 @@ def _checkpoints_by_run(grid: HubGrid) -> dict[Path, list[str]]:
 def specs_from_hub(arg: str, model: str | None = None, family: str | None = None, where: Any = None,
                    epochs: Any = None) -> list[ModelSpec]:
     """The specs of every (selected) checkpoint of a hub repo in the paper's layout (module docstring)."""
-    from evalkit.models.runs import specs_for_grid_listing
+    from evalkit.grids.runs import specs_for_grid_listing
 
     grid = open_hub_grid(arg)
     by_run = _checkpoints_by_run(grid)

@@ -10,7 +10,7 @@
 
 For the last two, family, architecture, pretrain dataset, lr schedule, global batch, total samples
 and total epochs come from the metadata table when there is one (it wins), else from the run name
-(evalkit/models/paper_grid.py); `model` (`--model`) overrides the architecture only.
+(evalkit/grids/paper.py); `model` (`--model`) overrides the architecture only.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from evalkit.models import paper_grid as pg
+from evalkit.grids import paper as pg
 from evalkit.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ def specs_for_grid_listing(files_by_run: dict[Path, list[str]], table: pg.Metada
                            model: str | None = None, family: str | None = None, where: Any = None,
                            epochs: Any = None) -> list[ModelSpec]:
     """Specs of the paper's grid known from a file list and a metadata table rather than from a folder
-    (a hub repo: evalkit/models/hub_grid.py): `files_by_run` maps each run's folder (its name is the
+    (a hub repo: evalkit/grids/hub.py): `files_by_run` maps each run's folder (its name is the
     run's full name) to the references of its `epoch_N` files, which become the specs' `pretrained`."""
     specs: list[ModelSpec] = []
     warnings: dict[str, list[str]] = {}

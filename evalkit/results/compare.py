@@ -63,8 +63,8 @@ def _values(table, label: str):
     import numpy as np
     import pandas as pd
 
-    from evalkit.export import run_names
-    from evalkit.importers import import_scaling_laws, is_tidy, read_results_table
+    from evalkit.results.export import run_names
+    from evalkit.results.importers import import_scaling_laws, is_tidy, read_results_table
 
     src = f"<{label}>" if isinstance(table, pd.DataFrame) else os.fspath(table)
     df = table if isinstance(table, pd.DataFrame) else read_results_table(table)
@@ -181,7 +181,7 @@ def add_compare_parser(subparsers) -> None:
 def run_compare_command(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from evalkit.importers import ImportError_
+    from evalkit.results.importers import ImportError_
 
     try:
         cmp = compare(args.ours, args.theirs, tol=args.tol)

@@ -79,7 +79,7 @@ def to_scaling_laws(tidy, src: str = "<table>"):
     import numpy as np
     import pandas as pd
 
-    from evalkit.importers import REFERENCE_TASK_TYPES, is_tidy
+    from evalkit.results.importers import REFERENCE_TASK_TYPES, is_tidy
 
     if not is_tidy(tidy):
         raise ExportError(f"{src}: not evalkit's tidy results table (no metric/value columns)"
@@ -171,7 +171,7 @@ def export_results(results, out: str | os.PathLike | None = None, fmt: str = "sc
     """Read a results table (file or results folder), convert it, write it to `out` (.parquet or .csv)."""
     import pandas as pd
 
-    from evalkit.importers import read_results_table, write_table
+    from evalkit.results.importers import read_results_table, write_table
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; one of: {', '.join(FORMATS)}")
@@ -189,7 +189,7 @@ def add_export_parser(subparsers) -> None:
         "export", help="write a results table in another shape (the reference's scaling-laws tables)",
         description="Write evalkit's tidy results table in the wide shape of LAION's scaling-law tables "
                     "(one row per checkpoint x downstream dataset, one column per metric), so the reference's "
-                    "fitter scripts read it unchanged. See evalkit/export.py for the column mapping.")
+                    "fitter scripts read it unchanged. See evalkit/results/export.py for the column mapping.")
     p.add_argument("results", help="results table (Parquet or CSV) or results folder")
     p.add_argument("--format", default="scaling-laws", choices=FORMATS, help="output shape (default scaling-laws)")
     p.add_argument("--out", required=True, help="output table: .parquet or .csv")
@@ -197,7 +197,7 @@ def add_export_parser(subparsers) -> None:
 
 
 def run_export_command(args: argparse.Namespace) -> int:
-    from evalkit.importers import ImportError_
+    from evalkit.results.importers import ImportError_
 
     try:
         wide = export_results(args.results, args.out, args.format)

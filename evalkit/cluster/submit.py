@@ -40,7 +40,7 @@ class SubmitError(RuntimeError):
 def run_shard(index: int, count: int, specs: list, tasks: list, options: dict[str, Any]) -> dict[str, int]:
     """One array task (module-level so submitit can pickle it)."""
     from evalkit.engine import RunOptions, run
-    from evalkit.results import collect
+    from evalkit.results.store import collect
 
     opts = RunOptions(**{**options, "shard": (index, count)})
     counts = run(specs, tasks, opts)
@@ -50,7 +50,7 @@ def run_shard(index: int, count: int, specs: list, tasks: list, options: dict[st
 
 def collect_step(out: str) -> int:
     """The final collect, run after every array task has ended; returns the table's row count."""
-    from evalkit.results import collect
+    from evalkit.results.store import collect
 
     return len(collect(out))
 
