@@ -1,6 +1,6 @@
 """Image-side throughput of the engine's own path against the compute floor, per device.
 
-What is timed is `evalkit.engine._run_dataset` itself, with a real zero-shot classification runner
+What is timed is `evalkit.engine.loop.run_dataset` itself, with a real zero-shot classification runner
 (ImageNet-1k's 1000 classes) and its `result()`: the decode-cache memmap is opened by `decoded_images`,
 read by `host_batches` (background threads copying into pinned memory), moved to the device, `normalize`d,
 encoded under the engine's autocast, and the runner's `update` (logits into a device buffer) and `result`
@@ -250,7 +250,8 @@ def ladder(n: int, floor: int) -> list[int]:
 
 def bench_device(args, device: torch.device, batch_sizes: list[int], default_bs: int, cache: SyntheticCache,
                  deadline: float, n_configs_after: int) -> tuple[list[Row], list[ArchInfo]]:
-    from evalkit.engine import RunOptions, _autocast, _run_dataset, default_precision
+    from evalkit.engine.device import autocast_for, default_precision
+    from evalkit.engine.loop import RunOptions, run_dataset
     from evalkit.models.factory import load_model
     from evalkit.tasks.base import RunContext
     from evalkit.tasks.loader import get_task
@@ -258,7 +259,7 @@ def bench_device(args, device: torch.device, batch_sizes: list[int], default_bs:
 
     precision = args.precision or default_precision(device.type)
     base_opts = RunOptions()
-    ctx = RunContext(device=device, autocast=_autocast(device, precision), text_batch_size=base_opts.text_batch_size,
+    ctx = RunContext(device=device, autocast=autocast_for(device, precision), text_batch_size=base_opts.text_batch_size,
                      cache_dir=cache.dir, num_workers=base_opts.num_workers)
     task = get_task("imagenet1k").resolved(None, None, {"synthetic": True})
     templates = list(task.templates)[: args.templates] if args.templates else list(task.templates)
@@ -293,7 +294,7 @@ def bench_device(args, device: torch.device, batch_sizes: list[int], default_bs:
             for _ in range(2):
                 t0 = time.perf_counter()
                 r = fresh_runner(prepared, warm, device)
-                _run_dataset(lm, warm, [r], ctx, opts)
+                run_dataset(lm, warm, [r], ctx, opts)
                 r.result()
                 sync(device)
                 warm_s = time.perf_counter() - t0
@@ -310,7 +311,7 @@ def bench_device(args, device: torch.device, batch_sizes: list[int], default_bs:
             sync(device)
             with RssSampler() as rss:
                 t0 = time.perf_counter()
-                _run_dataset(lm, source, [r], ctx, opts)
+                run_dataset(lm, source, [r], ctx, opts)
                 sync(device)  # result() would wait here anyway (logits.cpu()); syncing first splits the time
                 t1 = time.perf_counter()
                 r.result()
@@ -354,7 +355,7 @@ def report(args, devices: list[torch.device], rows: list[Row], infos: list[ArchI
         out.append(f"- precision {precision} (the engine's default on {device.type} unless --precision); "
                    f"compute-floor peaks: {peak:.0f} TFLOP/s ({why}) and the issue's {REFERENCE_PEAK:.0f} TFLOP/s "
                    f"H100-class reference{low}" if peak else f"- precision {precision}; {why}")
-        out.append(f"- engine path: `_run_dataset` + zero-shot classification runner `update`/`result` (1000 classes), "
+        out.append(f"- engine path: `run_dataset` + zero-shot classification runner `update`/`result` (1000 classes), "
                    f"batch {default_bs} = `RunOptions().batch_size` (marked *) and the sweep; 2 warm-ups per config "
                    "through the same reader; synthetic uint8 pixels from the decode cache's memmap (page-cache warm, "
                    "no JPEG decode)")

@@ -105,7 +105,7 @@ def resolved_tasks():
 
 def write_units(out: Path, units, done_frac: float) -> int:
     """Unit files (as UnitStore.write lays them out, without its fsync) for every other unit: status ok."""
-    from evalkit.results.store import RESULT_COLUMNS
+    from evalkit.results.schema import RESULT_COLUMNS
 
     units_dir = out / "units"
     units_dir.mkdir(parents=True)

@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 
+class EvalkitError(Exception):
+    """Every error evalkit raises on purpose."""
+
+
+class UserError(EvalkitError):
+    """The user's to fix (bad input, missing data, a full disk): one line, exit 2."""
+
+
+
+
 def is_user_error(e: BaseException) -> bool:
     from evalkit.data.sources import DataError
     from evalkit.engine import DeviceError
@@ -12,4 +22,4 @@ def is_user_error(e: BaseException) -> bool:
     from evalkit.results.store import ResultsWriteError
     from evalkit.tasks.spec import TaskError
 
-    return isinstance(e, (DataError, CheckpointError, ModelNotFound, HubUnavailable, TaskError, ResultsWriteError, DeviceError, FileNotFoundError, ValueError))
+    return isinstance(e, (UserError, DataError, CheckpointError, ModelNotFound, HubUnavailable, TaskError, ResultsWriteError, DeviceError, FileNotFoundError, ValueError))

@@ -5,6 +5,7 @@ Off a terminal (SLURM logs, CI) there is no bar to redraw, so each unit line car
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -45,3 +46,25 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class OnceLog:
+    """Warnings said once per process and key (no usable GPU, FLOPs that cannot be counted for an
+    architecture): explicit state with a `reset`, rather than module flags tests flip by hand."""
+
+    def __init__(self) -> None:
+        self._said: set[str] = set()
+
+    def warn(self, logger: logging.Logger, key: str, msg: str, *args: object) -> bool:
+        """Log `msg % args` the first time `key` is seen; return whether it was logged."""
+        if key in self._said:
+            return False
+        self._said.add(key)
+        logger.warning(msg, *args)
+        return True
+
+    def reset(self) -> None:
+        self._said.clear()
+
+
+WARNINGS = OnceLog()

@@ -11,10 +11,10 @@ import torch
 from _embedded import DATA
 from _util import TINY_M, TINY_S, save_training_checkpoint, tiny_clip
 
-from evalkit import engine
 from evalkit.cli import main
 from evalkit.engine import DeviceError, RunOptions, configure_precision, resolve_device, run
 from evalkit.models.spec import ModelSpec
+from evalkit.progress import WARNINGS
 from evalkit.tasks.loader import get_task
 
 GPU_VARS = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "LOCAL_RANK", "SLURM_LOCALID")
@@ -25,7 +25,9 @@ def no_gpu_env(monkeypatch):
     for var in GPU_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(engine, "_CPU_WARNED", False)
+    WARNINGS.reset()  # the no-GPU warning is said once per process: each test starts fresh
+    yield
+    WARNINGS.reset()
 
 
 def test_cpu_when_asked(no_gpu_env):

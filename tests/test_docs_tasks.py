@@ -3,6 +3,7 @@ installed through the entry point it shows, and each is run."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import sys
@@ -70,7 +71,7 @@ def test_dataset_variant_and_suite_as_documented(doc_world, ckpt):
     assert v["my_suite", "average"] == pytest.approx(avg)
 
 
-def test_protocol_module_as_documented(doc_world, ckpt, monkeypatch):
+def test_protocol_module_as_documented(doc_world, ckpt, monkeypatch, request):
     from evalkit.tasks import base
 
     pkg = doc_world / "site"
@@ -85,8 +86,11 @@ def test_protocol_module_as_documented(doc_world, ckpt, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: class-similarity\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()))
     monkeypatch.syspath_prepend(str(pkg))
-    monkeypatch.setattr(base, "_LOADED", False)
-    monkeypatch.delitem(base.PROTOCOLS, "class_similarity", raising=False)
+    stack = contextlib.ExitStack()
+    stack.enter_context(base.PROTOCOLS.preserved())
+    request.addfinalizer(stack.close)
+    base.PROTOCOLS.unregister("class_similarity")
+    base.PROTOCOLS.rescan()  # installed after evalkit first read its entry points
     monkeypatch.delitem(sys.modules, "class_similarity", raising=False)
 
     [text] = [t for t in blocks("yaml") if "type: class_similarity" in t]

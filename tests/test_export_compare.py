@@ -14,7 +14,8 @@ from _util import fixture_path
 from evalkit.cli import main
 from evalkit.results.compare import compare, summary_path
 from evalkit.results.export import LEADING_COLUMNS, REFERENCE_METRICS, ExportError, to_scaling_laws
-from evalkit.results.importers import IMPORT_COLUMNS, import_clip_benchmark, import_scaling_laws
+from evalkit.results.importers import import_clip_benchmark, import_scaling_laws
+from evalkit.results.schema import TIDY_COLUMNS
 
 WIDE = fixture_path("scaling-laws", "segmentation_results.parquet")
 IDENTITY = ["model", "arch", "family", "checkpoint", "epoch", "samples_seen", "pretrain_dataset", "lr_scheduler",
@@ -29,7 +30,7 @@ def tidy() -> pd.DataFrame:
 
 def test_import_scaling_laws_reads_the_segmentation_table(tidy: pd.DataFrame) -> None:
     w = pd.read_parquet(WIDE)
-    assert list(tidy.columns) == [*IMPORT_COLUMNS, "source"]
+    assert list(tidy.columns) == [*TIDY_COLUMNS, "source"]
     assert len(tidy) == 4 * len(w)
     assert tidy.groupby("task").metric.unique().map(sorted).to_dict() == {
         "ade20k": ["miou"], "imagenet1k": ["acc1", "acc5", "mean_per_class_recall"]}

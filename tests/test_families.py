@@ -18,13 +18,11 @@ import pytest
 import torch
 from _util import REPO, TINY_S, save_local_dir, tiny_clip
 
-from evalkit.models import family as fam_mod
 from evalkit.models.configs import ModelNotFound
 from evalkit.models.factory import load_model
 from evalkit.models.family import (
     FAMILIES,
     FAMILY_MODULES,
-    FamilyRegistrationWarning,
     LoadedModel,
     ModelFamily,
     families,
@@ -34,6 +32,7 @@ from evalkit.models.family import (
 )
 from evalkit.models.source import parse_source
 from evalkit.models.spec import ModelSpec
+from evalkit.registry import RegistrationWarning
 
 DOC = REPO / "docs" / "adding-a-model-family.md"
 
@@ -74,11 +73,8 @@ def _install_doc_family(root: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def registry_snapshot():
     """Restore the family registry after a test that registers families."""
-    families()
-    saved = dict(fam_mod._REGISTRY)
-    yield
-    fam_mod._REGISTRY.clear()
-    fam_mod._REGISTRY.update(saved)
+    with FAMILIES.preserved():
+        yield
 
 
 def test_doc_family_installed_as_a_package_is_found_and_runs(tmp_path):
@@ -207,21 +203,21 @@ def test_duplicate_registration_warns_and_the_later_wins(registry_snapshot):
         warnings.simplefilter("error")
         register_family(First)
         register_family(First)  # the same class again: nothing to say
-    with pytest.warns(FamilyRegistrationWarning, match="'dup-test' registered twice.*Second replaces.*First"):
+    with pytest.warns(RegistrationWarning, match="model family 'dup-test' registered twice.*Second replaces.*First"):
         register_family(Second)
     assert families()["dup-test"] is Second
     assert unregister_family("dup-test") is Second and "dup-test" not in families()
     with pytest.raises(ValueError, match="no `name`"):
         register_family(type("Nameless", (ModelFamily,), {}))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="not a ModelFamily subclass"):
         register_family(dict)  # type: ignore[arg-type]
 
 
 def test_builtin_families_come_from_the_one_module_list():
     """No import of factory (or anything) registers them: the first `families()` call loads the list."""
     assert FAMILY_MODULES == ("evalkit.models.families.clip", "evalkit.models.families.mammut")
-    code = ("import sys\nfrom evalkit.models.family import families, _REGISTRY\n"
-            "assert not _REGISTRY and 'evalkit.models.families.clip' not in sys.modules\n"
+    code = ("import sys\nfrom evalkit.models.family import families, FAMILIES\n"
+            "assert not FAMILIES._items and 'evalkit.models.families.clip' not in sys.modules\n"
             "print(sorted((n, f.__module__) for n, f in families().items()))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr

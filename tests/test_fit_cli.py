@@ -13,7 +13,7 @@ import pytest
 from _util import fixture_path
 
 from evalkit.fit.command import add_fit_parser, add_import_parser
-from evalkit.results.importers import TIDY_COLUMNS
+from evalkit.results.schema import TIDY_COLUMNS
 
 WIDE = fixture_path("scaling-laws", "segmentation_results.parquet")
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from evalkit.fit.command import add_import_parser
-from evalkit.results.importers import TIDY_COLUMNS, ImportError_, import_clip_benchmark
+from evalkit.results.importers import ImportError_, import_clip_benchmark
+from evalkit.results.schema import TIDY_COLUMNS
 
 
 def _dump(path: Path, dataset: str, model: str, pretrained: str, task: str, metrics: dict) -> None:

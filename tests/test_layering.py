@@ -69,7 +69,7 @@ def _run(code: str, **env: str) -> str:
 
 def test_embedded_locations_resolve_through_the_registry(tmp_path):
     """In a fresh process: importing every data and models module leaves evalkit.embedded unimported;
-    the first lookup of `embedded:` or `${EVALKIT_EMBEDDED_HOME}` imports it (evalkit.data.roots.PLUGINS)
+    the first lookup of `embedded:` or `${EVALKIT_EMBEDDED_HOME}` imports it (the `evalkit.plugins` entry point)
     and resolves to the embedded world's folders."""
     import yaml
 
@@ -83,7 +83,9 @@ for pkg in (evalkit.data, evalkit.models):
     for m in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(pkg.__name__ + "." + m.name)
 before = "{PLUGIN}" in sys.modules
-from evalkit.data.roots import PLUGINS, resolve_root
+from importlib.metadata import entry_points
+from evalkit.data.roots import resolve_root
+PLUGINS = {{e.name: e.value for e in entry_points(group='evalkit.plugins')}}
 from evalkit.grids.zoo import zoo_spec
 roots = {{t: str(resolve_root(t, None, d)) for t, d in {defaults!r}.items()}}
 print(json.dumps({{"before": before, "after": "{PLUGIN}" in sys.modules, "plugins": PLUGINS, "roots": roots,
@@ -101,18 +103,18 @@ print(json.dumps({{"before": before, "after": "{PLUGIN}" in sys.modules, "plugin
     assert out["grid_root"].startswith(str(home.resolve() / "runs" / "mammut-tiny-S_s4k"))
 
 
-def test_registry_answers_plugins_and_leaves_the_rest(monkeypatch, tmp_path):
+def test_registry_answers_plugins_and_leaves_the_rest(tmp_path):
     from evalkit.data import roots
 
-    monkeypatch.setattr(roots, "_SCHEMES", dict(roots._SCHEMES))
-    monkeypatch.setattr(roots, "_VARIABLES", dict(roots._VARIABLES))
-    roots.register_root_scheme("testscheme", lambda rest: tmp_path / "ts" / rest)
-    roots.register_path_variable("EVALKIT_TEST_VAR", lambda: tmp_path / "var")
-    assert roots.resolve_root("ds", None, "testscheme:a/b") == tmp_path / "ts" / "a/b"
-    assert roots.resolve_root("ds", None, str(tmp_path / "plain")) == tmp_path / "plain"
-    assert roots.resolve_root("ds", None, "nosuchscheme:x") == Path("nosuchscheme:x")  # a path, as before
-    assert roots.expand_path_variables("${EVALKIT_TEST_VAR}/x ${UNSET_THING} $HOME") == \
-        f"{tmp_path / 'var'}/x ${{UNSET_THING}} $HOME"
+    with roots.ROOT_SCHEMES.preserved(), roots.PATH_VARIABLES.preserved():
+        roots.register_root_scheme("testscheme", lambda rest: tmp_path / "ts" / rest)
+        roots.register_path_variable("EVALKIT_TEST_VAR", lambda: tmp_path / "var")
+        assert roots.resolve_root("ds", None, "testscheme:a/b") == tmp_path / "ts" / "a/b"
+        assert roots.resolve_root("ds", None, str(tmp_path / "plain")) == tmp_path / "plain"
+        assert roots.resolve_root("ds", None, "nosuchscheme:x") == Path("nosuchscheme:x")  # a path, as before
+        assert roots.expand_path_variables("${EVALKIT_TEST_VAR}/x ${UNSET_THING} $HOME") == \
+            f"{tmp_path / 'var'}/x ${{UNSET_THING}} $HOME"
+    assert "testscheme" not in roots.ROOT_SCHEMES and "EVALKIT_TEST_VAR" not in roots.PATH_VARIABLES
 
 
 def test_shapes_runs_with_default_roots(tmp_path):

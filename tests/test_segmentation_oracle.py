@@ -5,7 +5,7 @@ embedding of the class whose colour the patch shows, except that it confuses one
 class on purpose. Images and ADE20K-layout label PNGs are painted as stripes whose class, position
 relative to the center crop and ignored band are chosen so that the expected per-class IoU, mIoU and
 pixel accuracy can be counted by hand (below). The engine runs the real path: ADE20K reader, label
-maps (reduce_zero_label, NEAREST resize + center crop), decode cache, `_run_dataset`, the
+maps (reduce_zero_label, NEAREST resize + center crop), decode cache, `run_dataset`, the
 segmentation runner (normalise, cosine, bilinear upsampling, argmax) and the metric.
 
 The mutants at the end break one step each (label offset, crop geometry, upsampling, argmax axis,
@@ -152,7 +152,7 @@ def run_oracle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int 
     segdata._LABEL_CACHE.clear()  # label maps are kept per process; a mutant must not reuse correct ones
     root = paint(tmp_path / "data")
     lm = oracle_model(confusion)
-    monkeypatch.setattr(engine, "load_model", lambda spec, **kw: lm)
+    monkeypatch.setattr(engine.loop, "load_model", lambda spec, **kw: lm)
     opts = engine.RunOptions(data_root=str(root), out=tmp_path / "out", device="cpu", precision="fp32",
                              batch_size=batch_size, cache_dir=tmp_path / "cache", num_workers=0, progress=False)
     captured = {}

@@ -123,15 +123,15 @@ def test_precision_is_part_of_a_result(ckpt, wds, tmp_path):
 def test_autocast_dtypes_on_cpu():
     import torch
 
-    from evalkit.engine import _autocast
+    from evalkit.engine.device import autocast_for
 
     x = torch.randn(4, 8)
     w = torch.randn(8, 8)
     for precision, dtype in (("fp32", torch.float32), ("amp_bf16", torch.bfloat16), ("amp_fp16", torch.float16)):
-        with _autocast(torch.device("cpu"), precision)():
+        with autocast_for(torch.device("cpu"), precision)():
             assert (x @ w).dtype == dtype
     with pytest.raises(ValueError, match="amp_fp16"):
-        _autocast(torch.device("cpu"), "fp16")
+        autocast_for(torch.device("cpu"), "fp16")
 
 
 def _two_hash_table(tmp_path, ckpt, wds):
@@ -194,7 +194,7 @@ def test_full_disk_is_one_line_and_keeps_units(ckpt, wds, tmp_path, capsys):
 def test_full_disk_simulated_enospc(ckpt, wds, tmp_path, monkeypatch):
     import errno
 
-    from evalkit.results.store import store as results_mod
+    from evalkit.results import store as results_mod
     out = tmp_path / "out"
     _run(ckpt, ["wds/wds_shapes"], out, wds)
 
@@ -222,13 +222,14 @@ def test_unreadable_unit_file_is_named(ckpt, wds, tmp_path, caplog):
 
 
 def test_flops_failure_warns(ckpt, wds, tmp_path, monkeypatch, caplog):
-    from evalkit import engine
+    from evalkit.engine import loop
+    from evalkit.progress import WARNINGS
 
     def boom(lm):
         raise RuntimeError("profiler exploded")
 
-    monkeypatch.setattr(engine, "gflops_per_sample", boom)
-    monkeypatch.setattr(engine, "_FLOPS_WARNED", set())
+    monkeypatch.setattr(loop, "gflops_per_sample", boom)
+    WARNINGS.reset()  # said once per architecture and process
     with caplog.at_level(logging.WARNING):
         _, table = _run(ckpt, ["wds/wds_shapes"], tmp_path / "out", wds)
     assert table.gflops_total.isna().all()

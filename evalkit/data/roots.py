@@ -8,61 +8,42 @@ The user config file is `$EVALKIT_CONFIG` or `~/.config/evalkit/config.yaml`:
 
 Plug-ins (the embedded world) add locations without the data and model layers importing them: a root
 scheme (`embedded:PATH` as a task's `default_root`) and path variables (`${EVALKIT_EMBEDDED_HOME}` in the
-zoo), registered when the plug-in's package is imported. `PLUGINS` is the one place naming plug-in
-packages; a scheme or variable nobody registered yet imports them (once) before giving up.
+zoo), registered when the plug-in's package is imported. Plug-in packages are found through the entry-point
+group `evalkit.plugins` (evalkit's own pyproject.toml lists the embedded world there): nothing here names one.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from evalkit.data.sources import DataError
+from evalkit.registry import Registry
 
-# Plug-in packages, imported on the first lookup they may answer; each registers its schemes/variables.
-PLUGINS: dict[str, str] = {"embedded": "evalkit.embedded"}
-
-_SCHEMES: dict[str, Callable[[str], Path]] = {}
-_VARIABLES: dict[str, Callable[[], str | Path]] = {}
-_PLUGINS_LOADED = False
-_LOCK = threading.RLock()
+# Plug-in packages (entry-point group `evalkit.plugins`, each naming a module) register their schemes and
+# variables when imported; the first lookup of either imports them.
+PLUGIN_GROUP = "evalkit.plugins"
+ROOT_SCHEMES: Registry[Callable[[str], Path]] = Registry("data-root scheme", (), PLUGIN_GROUP)
+PATH_VARIABLES: Registry[Callable[[], str | Path]] = Registry("path variable", (), PLUGIN_GROUP)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9_.+-]+):(.*)$", re.S)  # 2+ letters: not a drive letter
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def register_root_scheme(name: str, resolver: Callable[[str], Path]) -> None:
     """`name:REST` as a data root resolves to `resolver(REST)`."""
-    _SCHEMES[name] = resolver
+    ROOT_SCHEMES.register(name, resolver)
 
 
 def register_path_variable(name: str, resolver: Callable[[], str | Path]) -> None:
     """`${name}` in a zoo value (or any string given to `expand_path_variables`) becomes `resolver()`."""
-    _VARIABLES[name] = resolver
-
-
-def _load_plugins() -> None:
-    global _PLUGINS_LOADED
-    with _LOCK:
-        if _PLUGINS_LOADED:
-            return
-        _PLUGINS_LOADED = True
-        for module in PLUGINS.values():
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as e:  # a plug-in that is not installed answers nothing
-                if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
-                    raise  # the plug-in is there but broken: say so
+    PATH_VARIABLES.register(name, resolver)
 
 
 def root_scheme(name: str) -> Callable[[str], Path] | None:
-    """The resolver of a root scheme, loading the plug-ins if nobody registered it yet; None if unknown."""
-    if name not in _SCHEMES:
-        _load_plugins()
-    return _SCHEMES.get(name)
+    """The resolver of a root scheme (the plug-ins loaded on first use); None if unknown."""
+    return ROOT_SCHEMES.get(name)
 
 
 def resolve_scheme_root(root: str) -> Path | None:
@@ -76,12 +57,8 @@ def resolve_scheme_root(root: str) -> Path | None:
 
 def expand_path_variables(value: str) -> str:
     """`${NAME}` for every registered path variable replaced by its value; other text left as it is."""
-    names = set(_VARIABLE.findall(value))
-    if names - set(_VARIABLES):
-        _load_plugins()
-
     def sub(m: re.Match) -> str:
-        resolver = _VARIABLES.get(m.group(1))
+        resolver = PATH_VARIABLES.get(m.group(1))
         return str(resolver()) if resolver is not None else m.group(0)
 
     return _VARIABLE.sub(sub, value)

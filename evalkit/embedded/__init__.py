@@ -3,7 +3,8 @@
 A plug-in: evalkit/data and evalkit/models never import it. Importing it registers what it provides
 with evalkit/data/roots.py: the `embedded:PATH` data-root scheme (tasks' `default_root`, resolved under
 the committed data folder) and the `${EVALKIT_EMBEDDED_HOME}` path variable (the zoo's entries for the
-trained micro grid). `evalkit.data.roots.PLUGINS` names this package, so a lookup of either imports it.
+trained micro grid). The entry point `evalkit.plugins: embedded` (pyproject.toml) names this package, so the first lookup of
+either imports it.
 """
 
 from __future__ import annotations

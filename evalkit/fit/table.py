@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from evalkit.results.importers import TIDY_COLUMNS
+from evalkit.results.schema import TIDY_COLUMNS
 
 X_AXES = {"gflops_total": ("gflops_total", "gflops"), "samples_seen": ("samples_seen", "total_samples_seen")}
 X_ALIASES = {"total_samples_seen": "samples_seen", "gflops": "gflops_total", "compute": "gflops_total",

@@ -10,9 +10,9 @@ as `pretrained` and so as the table's `checkpoint` column and the units' identit
 machine, whatever the local cache path (the revision is part of it only when the user named one).
 
 Checkpoints are downloaded just in time: the engine's prefetch thread fetches the next pending
-checkpoint (`fetch_checkpoint`, into the HF cache, pinned to the commit the file list was read at)
+checkpoint (`HubCheckpoints.fetch`, into the HF cache, pinned to the commit the file list was read at)
 while the current one computes, and once all units of a checkpoint are written it is deleted from the
-cache (`evict_checkpoint`: the snapshot link and its blob) unless `--keep-checkpoints`; so the cache
+cache (`HubCheckpoints.release`: the snapshot link and its blob) unless `--keep-checkpoints`; so the cache
 never holds more than two checkpoints of the grid. Finished units are never prefetched, so a rerun
 downloads nothing for them.
 
@@ -36,13 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.grids import paper as pg
+from evalkit.grids.source import SOURCES, CheckpointSource, Layout, register_layout
 from evalkit.models.hub import HubUnavailable
+from evalkit.models.source import HF_HUB, HF_HUB_FILE, parse_source
 from evalkit.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-GRID_PREFIX = "hf-hub:"
-FILE_PREFIX = "hf-hub-file:"
+GRID_PREFIX = HF_HUB + ":"
+FILE_PREFIX = HF_HUB_FILE + ":"
 METADATA_FILE = "results.parquet"
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.(?:pt|pth|bin|safetensors)$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -51,7 +53,8 @@ _REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 def parse_grid_arg(arg: str) -> tuple[str, str | None]:
     """`hf-hub:ORG/REPO[@REVISION]` -> (repo id, revision or None)."""
-    body = arg[len(GRID_PREFIX):] if arg.startswith(GRID_PREFIX) else arg
+    source = parse_source(arg)
+    body = source.value if source.kind == HF_HUB else arg
     repo, _, revision = body.partition("@")
     if not _REPO.match(repo) or (body.count("@") and not revision):
         raise ValueError(f"--grid {arg}: expected hf-hub:ORG/REPO or hf-hub:ORG/REPO@REVISION "
@@ -65,15 +68,16 @@ def file_ref(repo: str, path: str, revision: str | None = None) -> str:
 
 def parse_file_ref(ref: str) -> tuple[str, str | None, str]:
     """`hf-hub-file:ORG/REPO[@REVISION]:PATH` -> (repo id, revision or None, path in the repo)."""
-    head, sep, path = ref[len(FILE_PREFIX):].partition(":")
+    source = parse_source(ref)
+    head, sep, path = source.value.partition(":")
     repo, _, revision = head.partition("@")
-    if not ref.startswith(FILE_PREFIX) or not sep or not path or not _REPO.match(repo):
+    if source.kind != HF_HUB_FILE or not sep or not path or not _REPO.match(repo):
         raise ValueError(f"{ref}: expected {FILE_PREFIX}ORG/REPO[@REVISION]:PATH")
     return repo, revision or None, path
 
 
 def is_hub_file(pretrained: str | None) -> bool:
-    return bool(pretrained) and str(pretrained).startswith(FILE_PREFIX)
+    return bool(pretrained) and parse_source(str(pretrained)).kind == HF_HUB_FILE
 
 
 def _offline() -> bool:
@@ -313,3 +317,23 @@ def _linked(snapshots: Path, blob: Path) -> bool:
             if os.path.islink(p) and os.path.realpath(p) == str(blob):
                 return True
     return False
+
+
+class HubCheckpoints(CheckpointSource):
+    """`hf-hub-file:` checkpoints: downloaded just in time into the HF cache, evicted once evaluated."""
+
+    name = "hf-hub-file"
+    priority = 10
+
+    def claims(self, spec: ModelSpec) -> bool:
+        return is_hub_file(spec.pretrained)
+
+    def fetch(self, spec: ModelSpec) -> Path:
+        return fetch_checkpoint(spec.pretrained or "", spec.extra.get("hub_commit"))
+
+    def release(self, spec: ModelSpec) -> None:
+        evict_checkpoint(spec)
+
+
+SOURCES.register(HubCheckpoints.name, HubCheckpoints())
+register_layout(Layout("hf-hub", "grid", lambda value: parse_source(value).kind == HF_HUB, specs_from_hub, priority=10))

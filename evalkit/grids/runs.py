@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.grids import paper as pg
+from evalkit.grids.source import Layout, register_layout
 from evalkit.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -347,3 +348,7 @@ def specs_from_run_dir(root: str | Path, **kw) -> list[ModelSpec]:
             f"{root}: no checkpoints (no */checkpoints/epoch_N.pt of an open_clip run or the paper's training "
             "logs, no <full_name>/epoch_N.pt of the paper's hub layout below it).")
     return specs_for_files(files, **kw)
+
+
+register_layout(Layout("checkpoint-glob", "checkpoints", lambda value: True, specs_from_glob))
+register_layout(Layout("run-dir", "run_dir", lambda value: True, specs_from_run_dir))

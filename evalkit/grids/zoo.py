@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from evalkit.grids.source import Layout, register_layout
 from evalkit.models.configs import ModelNotFound
 from evalkit.models.source import CONFIG, parse_source
 from evalkit.models.spec import ModelSpec, check_preprocess
@@ -123,3 +124,24 @@ def resolve_model_arg(model: str, pretrained: str | None = None) -> ModelSpec:
         f"Unknown model '{model}'." + (f" Close names: {', '.join(close)}." if close else "")
         + " `evalkit models` lists the zoo; an open_clip architecture, hf-hub:ORG/REPO, local-dir:DIR or a config JSON also work."
     )
+
+
+def _zoo_grid_specs(name: str, model: str | None = None, family: str | None = None, where: Any = None,
+                    epochs: Any = None) -> list[ModelSpec]:
+    from evalkit.grids.runs import select_specs
+
+    return select_specs(grid_specs(name), where, epochs)
+
+
+def _model_specs(model: str, family: str | None = None, where: Any = None, epochs: Any = None,
+                 pretrained: str | None = None) -> list[ModelSpec]:
+    if where or epochs:
+        raise ValueError("--where/--epochs select among grid checkpoints (--checkpoints, --run-dir, --grid)")
+    spec = resolve_model_arg(model, pretrained)
+    if family:
+        spec.family = family
+    return [spec]
+
+
+register_layout(Layout("zoo-grid", "grid", lambda value: True, _zoo_grid_specs))
+register_layout(Layout("model", "model", lambda value: True, _model_specs))

@@ -41,8 +41,9 @@ def _preprocess(cfg: dict[str, Any], overrides: dict[str, Any], family: dict[str
     return PreprocessCfg(**kw)
 
 
-def resolve_source(spec: ModelSpec) -> tuple[str, dict[str, Any], dict[str, Any], Path | None]:
-    """(model name, model config, preprocess overrides, weights file or None) for a spec."""
+def resolve_source(spec: ModelSpec, weights: Path | None = None) -> tuple[str, dict[str, Any], dict[str, Any], Path | None]:
+    """(model name, model config, preprocess overrides, weights file or None) for a spec; `weights`, when
+    given, is the spec's `pretrained` already fetched to a local file."""
     if spec.error:  # a grid checkpoint that cannot be built (unparseable name, unsupported namespace)
         raise ModelNotFound(spec.error)
     model = spec.model
@@ -58,11 +59,11 @@ def resolve_source(spec: ModelSpec) -> tuple[str, dict[str, Any], dict[str, Any]
             raise ModelNotFound(f"{source.path}: model-config JSON not found.")
         name = Path(model).stem
         cfg = read_config_file(source.path)
-        return name, cfg, {}, _pretrained_file(name, spec.pretrained)
+        return name, cfg, {}, weights or _pretrained_file(name, spec.pretrained)
     if source.kind == src.HF_HUB_FILE:
         raise ModelNotFound(f"{model}: a checkpoint file, not a model; give it as pretrained with the architecture as model.")
     cfg = get_arch_config(spec.arch or model)  # a name (or a path that is not a config: said unknown there)
-    return model, cfg, _tag_preprocess(model, spec.pretrained, cfg), _pretrained_file(model, spec.pretrained)
+    return model, cfg, _tag_preprocess(model, spec.pretrained, cfg), weights or _pretrained_file(model, spec.pretrained)
 
 
 def _tag_preprocess(arch: str, pretrained: str | None, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -80,10 +81,9 @@ def _pretrained_file(arch: str, pretrained: str | None) -> Path | None:
     if not pretrained:
         return None
     source = src.parse_source(pretrained)
-    if source.kind == src.HF_HUB_FILE:  # a checkpoint file of a hub repo (--grid hf-hub:ORG/REPO)
-        from evalkit.grids.hub import fetch_checkpoint
-
-        return fetch_checkpoint(pretrained)
+    if source.kind == src.HF_HUB_FILE:  # a checkpoint file of a hub repo: its CheckpointSource fetches it
+        raise CheckpointError(f"{pretrained}: a hub grid checkpoint; fetch it first (evalkit.grids.source."
+                              "source_for(spec).fetch(spec)) and pass the file as `weights`.")
     if source.includes_weights:
         raise CheckpointError(f"{pretrained}: a model with its own weights, not a weights file: give it as the model.")
     if source.kind in (src.FILE, src.CONFIG):
@@ -135,17 +135,19 @@ def _release_memory(device: str | torch.device) -> None:
 
 
 def load_model(spec: ModelSpec | str, pretrained: str | None = None, device: str | torch.device = "cpu",
-               state: dict[str, torch.Tensor] | None = None, reuse: dict | None = None) -> LoadedModel:
+               state: dict[str, torch.Tensor] | None = None, reuse: dict | None = None,
+               weights: Path | None = None) -> LoadedModel:
     """Load any supported model source as a `LoadedModel` in eval mode on `device`.
 
-    `state` is the already-read state dict of the weights file (the engine reads the next checkpoint
+    `weights` is the local file of `spec.pretrained` when a checkpoint source fetched it (a hub grid's
+    download); `state` is the already-read state dict of the weights file (the engine reads the next checkpoint
     while the current one computes). `reuse` (the engine's, one model at a time) keeps the last built
     module per architecture and loads the next checkpoint of that architecture into it in place,
     skipping construction and random init; a caller holding the previous LoadedModel must not pass it.
     """
     if isinstance(spec, str):
         spec = ModelSpec(model=spec, pretrained=pretrained)
-    name, cfg, pp, weights = resolve_source(spec)
+    name, cfg, pp, weights = resolve_source(spec, weights)
     if state is None and weights is not None:
         state = read_state_dict(weights)
     family: type[ModelFamily] = family_for(name, cfg, set(state) if state is not None else None)

@@ -10,18 +10,15 @@ the engine.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import threading
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
 
 from evalkit.data.preprocess import PreprocessCfg
+from evalkit.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +27,6 @@ FAMILY_MODULES: tuple[str, ...] = ("evalkit.models.families.clip", "evalkit.mode
 # Installed packages add families through entry points of this group; each names a module (importing it
 # registers its families) or a `ModelFamily` subclass (registered as it is).
 ENTRY_POINT_GROUP = "evalkit.families"
-
-
-class FamilyRegistrationWarning(UserWarning):
-    """Two different classes registered under one family name: the later one replaces the earlier."""
 
 
 @dataclass
@@ -169,92 +162,32 @@ class ModelFamily:
 # ---------------------------------------------------------------------------------------------------
 # The registry
 
-_REGISTRY: dict[str, type[ModelFamily]] = {}
-_LOCK = threading.RLock()
-_LOADED = False
-_LOADING = False
+def _check_family(name: str, cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, ModelFamily)):
+        raise TypeError(f"register_family: {cls!r} is not a ModelFamily subclass")
 
 
-def _qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+FAMILIES: Registry[type[ModelFamily]] = Registry("model family", FAMILY_MODULES, ENTRY_POINT_GROUP, _check_family)
 
 
 def register_family(cls: type[ModelFamily]) -> type[ModelFamily]:
-    """Class decorator: make `cls` a family under `cls.name`. Registering another class under a name
-    already taken warns (`FamilyRegistrationWarning`) and the new class replaces the old one."""
+    """Class decorator: make `cls` a family under `cls.name` (the registry's collision policy applies)."""
     if not (isinstance(cls, type) and issubclass(cls, ModelFamily)):
         raise TypeError(f"register_family: {cls!r} is not a ModelFamily subclass")
     if not cls.name:
-        raise ValueError(f"register_family: {_qualname(cls)} has no `name`")
-    with _LOCK:
-        old = _REGISTRY.get(cls.name)
-        if old is not None and old is not cls and _qualname(old) != _qualname(cls):  # not a module reload
-            warnings.warn(f"model family '{cls.name}' registered twice: {_qualname(cls)} replaces {_qualname(old)}",
-                          FamilyRegistrationWarning, stacklevel=2)
-        _REGISTRY[cls.name] = cls
-    return cls
+        raise ValueError(f"register_family: {cls.__module__}.{cls.__qualname__} has no `name`")
+    return FAMILIES.register(cls.name, cls)
 
 
 def unregister_family(name: str) -> type[ModelFamily] | None:
     """Remove a family (tests, plug-ins replacing one); returns it, or None if there was none."""
-    with _LOCK:
-        return _REGISTRY.pop(name, None)
-
-
-def _load_entry_points() -> None:
-    from importlib.metadata import entry_points
-
-    try:
-        eps = entry_points(group=ENTRY_POINT_GROUP)
-    except Exception as e:  # a broken installed distribution must not take evalkit down
-        log.warning("evalkit: warning: cannot read the %s entry points (%s: %s)", ENTRY_POINT_GROUP, type(e).__name__, e)
-        return
-    for ep in eps:
-        try:
-            obj = ep.load()
-        except Exception as e:
-            log.warning("evalkit: warning: model family plug-in %s = %s failed to import (%s: %s); skipped",
-                        ep.name, ep.value, type(e).__name__, e)
-            continue
-        if isinstance(obj, type) and issubclass(obj, ModelFamily) and _REGISTRY.get(obj.name) is not obj:
-            register_family(obj)
+    return FAMILIES.unregister(name)
 
 
 def families() -> Mapping[str, type[ModelFamily]]:
     """Every registered family by name (read-only), the built-in modules and the entry points loaded
     on the first call."""
-    global _LOADED, _LOADING
-    if not _LOADED:
-        with _LOCK:  # other threads wait for the whole list; this one may re-enter from a family module
-            if not _LOADED and not _LOADING:
-                _LOADING = True
-                try:
-                    for module in FAMILY_MODULES:
-                        importlib.import_module(module)
-                    _load_entry_points()
-                    _LOADED = True
-                finally:
-                    _LOADING = False
-    return MappingProxyType(_REGISTRY)
-
-
-class _Families(Mapping):
-    """`FAMILIES`: the registry as a lazily loaded read-only mapping (same as `families()`)."""
-
-    def __getitem__(self, name: str) -> type[ModelFamily]:
-        return families()[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(dict(families()))
-
-    def __len__(self) -> int:
-        return len(families())
-
-    def __repr__(self) -> str:
-        return f"FAMILIES({sorted(families())})"
-
-
-FAMILIES: Mapping[str, type[ModelFamily]] = _Families()
+    return FAMILIES
 
 
 def get_family(name: str) -> type[ModelFamily]:

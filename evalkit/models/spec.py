@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from evalkit.models.source import parse_source
@@ -10,6 +10,7 @@ from evalkit.models.source import parse_source
 PREPROCESS_KEYS = ("size", "mean", "std", "interpolation", "resize_mode")
 INTERPOLATIONS = ("bicubic", "bilinear")  # what open_clip's eval transform takes
 RESIZE_MODES = ("shortest", "longest", "squash")
+COLUMN = {"column": True}  # dataclass field metadata: this ModelSpec field is a results-table column
 
 
 def check_preprocess(value: Any, where: str) -> dict[str, Any]:
@@ -64,17 +65,19 @@ class ModelSpec:
     name: str = ""
     family: str | None = None
     arch: str | None = None
-    epoch: int | None = None
-    samples_seen: float | None = None
-    pretrain_dataset: str | None = None
-    lr_scheduler: str | None = None
+    # the grid identity: each field marked COLUMN is a column of the results table, in this order
+    # (evalkit/results/schema.py reads them from here; adding one is one line)
+    epoch: int | None = field(default=None, metadata=COLUMN)
+    samples_seen: float | None = field(default=None, metadata=COLUMN)
+    pretrain_dataset: str | None = field(default=None, metadata=COLUMN)
+    lr_scheduler: str | None = field(default=None, metadata=COLUMN)
+    namespace: str | None = field(default=None, metadata=COLUMN)
+    model_simple: str | None = field(default=None, metadata=COLUMN)
+    samples_seen_scale_pretty: str | None = field(default=None, metadata=COLUMN)
+    total_epochs: int | None = field(default=None, metadata=COLUMN)
+    global_batch_size: int | None = field(default=None, metadata=COLUMN)
+    run: str | None = field(default=None, metadata=COLUMN)
     extra: dict[str, Any] = field(default_factory=dict)
-    namespace: str | None = None
-    model_simple: str | None = None
-    samples_seen_scale_pretty: str | None = None
-    total_epochs: int | None = None
-    global_batch_size: int | None = None
-    run: str | None = None
     error: str | None = None
     preprocess: dict[str, Any] | None = None
 
@@ -96,3 +99,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The ModelSpec fields that are results-table columns, in order: the one declaration of the grid identity.
+SPEC_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ModelSpec) if f.metadata.get("column"))

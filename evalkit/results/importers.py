@@ -20,16 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from evalkit.atomic import atomic_write
-from evalkit.results.store import RESULT_COLUMNS
-
-# The tidy schema (one row per checkpoint x task x metric), as evalkit.results.store defines it.
-TIDY_COLUMNS: tuple[str, ...] = tuple(c for c in RESULT_COLUMNS if c != "unit_id")
-# The identity columns the reference tables carry. evalkit.results.store lists them among its columns; a
-# table written before it did lacks them, and every reader here tolerates that.
-IDENTITY_COLUMNS: tuple[str, ...] = ("namespace", "model_simple", "pretrain_dataset", "lr_scheduler",
-                                     "samples_seen_scale_pretty", "total_epochs", "global_batch_size", "run")
-# What the importers write: the tidy schema, then whichever identity columns it does not list yet.
-IMPORT_COLUMNS: tuple[str, ...] = TIDY_COLUMNS + tuple(c for c in IDENTITY_COLUMNS if c not in TIDY_COLUMNS)
+from evalkit.results.schema import REFERENCE_IDENTITY_COLUMNS, TIDY_COLUMNS
 
 # evalkit task types that the reference names otherwise (the `task` column of its tables).
 REFERENCE_TASK_TYPES = {"segmentation": "semantic_segmentation"}
@@ -161,7 +152,7 @@ def import_clip_benchmark(paths: Iterable[str | os.PathLike], out: str | os.Path
     if not files:
         raise ImportError_(f"no JSON files found under {', '.join(map(str, paths))}")
     rows = [r for f in files for r in read_clip_benchmark_json(f, gflops_per_sample, samples_per_epoch)]
-    df = pd.DataFrame(rows, columns=[*IMPORT_COLUMNS, "language", "source"])
+    df = pd.DataFrame(rows, columns=[*TIDY_COLUMNS, "language", "source"])
     if metadata is not None:
         df = fill_identity(df, import_scaling_laws(metadata))
     if out is not None:
@@ -171,7 +162,7 @@ def import_clip_benchmark(paths: Iterable[str | os.PathLike], out: str | os.Path
 
 # Filled from a metadata table by (run name, epoch): what a clip_benchmark JSON cannot say.
 _FILLED_FROM_METADATA = ("family", "samples_seen", "gflops_per_sample", "gflops_total", "pretrain_dataset",
-                         "lr_scheduler", *IDENTITY_COLUMNS)
+                         "lr_scheduler", *REFERENCE_IDENTITY_COLUMNS)
 
 
 def fill_identity(df, meta):
@@ -327,7 +318,7 @@ def import_scaling_laws(table, out: str | os.PathLike | None = None):
     df["status"] = "ok"
     df["source"] = src
     df = df.sort_values(key, kind="stable").reset_index(drop=True)
-    df = df.reindex(columns=[*IMPORT_COLUMNS, "source"])
+    df = df.reindex(columns=[*TIDY_COLUMNS, "source"])
     if out is not None:
         write_table(df, out)
     return df

@@ -13,7 +13,6 @@ the one written (or asked for again) last. `superseded()` lists the others.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -25,23 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.atomic import atomic_write, atomic_write_bytes, atomic_write_text, fsync_path, remove_stale_temps
+from evalkit.results.schema import RESULT_COLUMNS
 
 log = logging.getLogger(__name__)
-
-RESULT_COLUMNS = [
-    "model", "arch", "family", "checkpoint", "epoch", "samples_seen", "pretrain_dataset", "lr_scheduler",
-    "namespace", "model_simple", "samples_seen_scale_pretty", "total_epochs", "global_batch_size", "run",
-    "gflops_per_sample", "gflops_total",
-    "task", "task_type", "dataset", "split", "metric", "value", "n_samples",
-    "task_hash", "evalkit_version", "open_clip_version", "torch_version", "device", "precision",
-    "batch_size", "duration_s", "finished_at", "status", "error", "unit_id",
-]
-
-
-def unit_id(model_key: str, task_name: str, task_hash: str, precision: str = "fp32") -> str:
-    """Identity of a unit: the same checkpoint, resolved task and precision give the same id."""
-    return hashlib.sha1(f"{model_key}\0{task_name}\0{task_hash}\0{precision}".encode()).hexdigest()[:20]
-
 
 class ResultsWriteError(RuntimeError):
     """The table could not be written (full disk, permissions); the unit files are untouched."""
@@ -268,7 +253,3 @@ def read_table(path: str | Path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no results table. Run `evalkit run ... --out DIR` or `evalkit collect DIR`.")
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

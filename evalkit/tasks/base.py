@@ -16,29 +16,25 @@ import torch
 
 from evalkit.data.sources import ImageSource
 from evalkit.models.family import LoadedModel
+from evalkit.registry import Registry
 from evalkit.tasks.spec import TaskSpec
 
-PROTOCOLS: dict[str, type[TaskRunner]] = {}
-
 # The built-in protocols, read in this one place; other packages add theirs through the entry-point
-# group `evalkit.protocols` (a module that calls `register_protocol`).
+# group `evalkit.protocols` (a module that calls `register_protocol`, or a TaskRunner subclass).
 PROTOCOL_MODULES = ("evalkit.tasks.protocols.zeroshot_classification", "evalkit.tasks.protocols.zeroshot_retrieval",
                     "evalkit.tasks.protocols.segmentation")
-_LOADED = False
 
 
-def protocols() -> dict[str, type[TaskRunner]]:
+def _check_protocol(name: str, cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, TaskRunner)):
+        raise TypeError(f"protocol '{name}': {cls!r} is not a TaskRunner subclass")
+
+
+PROTOCOLS: Registry[type[TaskRunner]] = Registry("protocol", PROTOCOL_MODULES, "evalkit.protocols", _check_protocol)
+
+
+def protocols() -> Registry[type[TaskRunner]]:
     """Every registered protocol (built-ins and entry points imported on first use)."""
-    global _LOADED
-    if not _LOADED:
-        import importlib
-        from importlib.metadata import entry_points
-
-        for mod in PROTOCOL_MODULES:
-            importlib.import_module(mod)
-        for ep in entry_points(group="evalkit.protocols"):
-            ep.load()
-        _LOADED = True
     return PROTOCOLS
 
 
@@ -186,13 +182,5 @@ def open_task(spec: TaskSpec, root: Path | str) -> tuple[TaskSpec, ImageSource]:
 
 
 def register_protocol(name: str) -> Callable[[type[TaskRunner]], type[TaskRunner]]:
-    def deco(cls: type[TaskRunner]) -> type[TaskRunner]:
-        if name in PROTOCOLS and PROTOCOLS[name] is not cls:
-            import warnings
-
-            warnings.warn(f"protocol '{name}' registered twice ({PROTOCOLS[name].__module__}, then {cls.__module__})",
-                          stacklevel=2)
-        PROTOCOLS[name] = cls
-        return cls
-
-    return deco
+    """Class decorator: `cls` runs tasks of `type: name`."""
+    return PROTOCOLS.register(name)
