@@ -20,7 +20,7 @@ embedded: install
 	$(PY) -m evalkit.embedded.build
 
 demo: embedded
-	$(PY) -m evalkit.demo
+	$(PY) -m evalkit.embedded.demo
 
 lint: install
 	$(VENV)/bin/ruff check evalkit tests bench

@@ -1,4 +1,5 @@
-"""Layering: the embedded world is a plug-in (evalkit/data and evalkit/models never import it; its
+"""Layering: every package imports only the layers before it (data, models, grids, tasks, results, engine,
+cluster, fit, report, then the CLI); the embedded world is a plug-in nobody imports by name (its
 `embedded:` data roots and `${EVALKIT_EMBEDDED_HOME}` resolve through the registry it fills), and model
 sources are parsed in one place."""
 
@@ -44,6 +45,77 @@ def _imports(path: Path, src: str | None = None) -> list[tuple[int, str]]:
             if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
                 found.append((node.lineno, node.args[0].value))
     return found
+
+
+# The layers in order (DESIGN.md): a module may import its own layer and those before it, never a later one.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("evalkit.errors", "evalkit.registry", "evalkit.atomic", "evalkit.progress"),
+    ("evalkit.data",),
+    ("evalkit.models",),
+    ("evalkit.grids",),
+    ("evalkit.tasks",),
+    ("evalkit.results",),
+    ("evalkit.engine",),
+    ("evalkit.cluster",),
+    ("evalkit.fit",),
+    ("evalkit.report",),
+    ("evalkit.cli", "evalkit"),  # the CLI, and evalkit/__init__.py's lazy evaluate()
+)
+
+
+def _layer(module: str) -> int | None:
+    """The layer of a dotted evalkit module (longest prefix wins: `evalkit` itself is the top)."""
+    best, index = "", None
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > len(best):
+                best, index = name, i
+    return index
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _back_imports(paths: list[Path], sources: dict[Path, str] | None = None) -> list[str]:
+    bad = []
+    for p in paths:
+        me = _module_name(p)
+        if me == PLUGIN or me.startswith(PLUGIN + "."):
+            continue  # the plug-in sits above every layer it uses; nothing may import it (below)
+        mine = _layer(me)
+        assert mine is not None, f"{p.relative_to(REPO)}: in no layer; add its package to LAYERS"
+        for line, mod in _imports(p, (sources or {}).get(p)):
+            if not mod.startswith("evalkit.") or mod == PLUGIN or mod.startswith(PLUGIN + "."):
+                continue
+            theirs = _layer(mod)
+            if theirs is not None and theirs > mine:
+                bad.append(f"{p.relative_to(REPO)}:{line}: imports {mod} (layer {theirs} > {mine})")
+    return bad
+
+
+def test_every_package_imports_only_earlier_layers():
+    bad = _back_imports(_modules("evalkit"))
+    assert not bad, "a module imports a later layer:\n" + "\n".join(bad)
+
+
+def test_a_planted_back_import_is_caught():
+    """The check fails on a back-import written in any form, in any package (here: models -> engine,
+    data -> results inside a function, grids -> cli)."""
+    planted = {REPO / "evalkit" / "models" / "factory.py": "from evalkit.engine.loop import run\n",
+               REPO / "evalkit" / "data" / "roots.py": "def f():\n    from evalkit.results import store\n",
+               REPO / "evalkit" / "grids" / "zoo.py": "import importlib\nimportlib.import_module('evalkit.cli')\n"}
+    bad = _back_imports(list(planted), planted)
+    assert {b.split(":")[0] for b in bad} == {str(p.relative_to(REPO)) for p in planted}, bad
+    assert not _back_imports(list(planted))  # the real files are clean
+
+
+def test_nothing_imports_the_embedded_world_by_name():
+    bad = [f"{p.relative_to(REPO)}:{line}: {mod}" for p in _modules("evalkit")
+           if not _module_name(p).startswith(PLUGIN)
+           for line, mod in _imports(p) if mod == PLUGIN or mod.startswith(PLUGIN + ".")]
+    assert not bad, "only the registry (entry point evalkit.plugins) may load evalkit.embedded:\n" + "\n".join(bad)
 
 
 def test_data_and_models_never_import_the_embedded_world():

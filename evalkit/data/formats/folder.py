@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from evalkit.data.formats import Format, register_format
 from evalkit.data.sources import DataError, ImageSource, fingerprint_files, open_path
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -57,3 +58,8 @@ def read_image_folder(root: Path, split: str = "val") -> ImageSource:
     )
 
 
+
+
+register_format(Format("image-folder", "classification", lambda root, split, wds_split: is_image_folder(root, split),
+                       lambda root, split, wds_split: read_image_folder(root, split),
+                       "the ImageNet val layout (<root>/val/<wnid>/*.JPEG)", priority=10))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from evalkit.data.formats import Format, register_format
 from evalkit.data.sources import DataError, ImageSource
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "png", "webp")
@@ -70,3 +71,8 @@ def read_hf(root: str, split: str, kind: str = "classification") -> ImageSource:
         classnames=classnames,
         meta={"format": "hf"},
     )
+
+
+register_format(Format("hf", "classification", lambda root, split, wds_split: is_hf_folder(root),
+                       lambda root, split, wds_split: read_hf(str(root), split),
+                       "a Hugging Face datasets folder (save_to_disk, or parquet files)", priority=20))

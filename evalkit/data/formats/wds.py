@@ -11,6 +11,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
+from evalkit.data.formats import Format, register_format
 from evalkit.data.sources import DataError, ImageSource, fingerprint_files, open_bytes
 
 IMAGE_KEYS = ("webp", "png", "jpg", "jpeg")
@@ -126,3 +127,18 @@ def read_wds(root: Path, split: str = "test") -> ImageSource:
         templates=_read_lines(root / "zeroshot_classification_templates.txt") if kind != "retrieval" else None,
         meta={"format": "wds", "dataset_type": kind},
     )
+
+
+def _read_classification(root: Path, split: str, wds_split: str) -> ImageSource:
+    kind = dataset_type(root)
+    if kind != "classification":
+        from evalkit.data.open import classification_layouts
+
+        raise DataError(f"{root / 'dataset_type.txt'}: says '{kind}', but this task needs a classification folder "
+                        f"(<key>.cls class ids, classnames.txt). Expected {classification_layouts()}.")
+    return read_wds(root, wds_split)
+
+
+register_format(Format("wds", "classification", lambda root, split, wds_split: is_wds(root, wds_split),
+                       _read_classification, "a clip_benchmark webdataset folder (<root>/test/nshards.txt, "
+                       "<root>/test/0.tar, classnames.txt)", priority=30))
