@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from _util import fixture_path
 
-from evalkit.fit.command import add_fit_parser, add_import_parser
+from evalkit.cli.fit import add_fit_parser
+from evalkit.cli.results import add_import_parser
 from evalkit.results.schema import TIDY_COLUMNS
 
 WIDE = fixture_path("scaling-laws", "segmentation_results.parquet")
@@ -135,7 +136,7 @@ def test_tidy_bad_input(tmp_path: Path, capsys) -> None:
 
 
 def test_command_module_is_light() -> None:
-    code = ("import sys, evalkit.fit.command, evalkit.fit; "
+    code = ("import sys, evalkit.cli.fit, evalkit.fit; "
             "bad = [m for m in ('numpy', 'pandas', 'scipy', 'matplotlib', 'torch') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

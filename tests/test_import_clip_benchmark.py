@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evalkit.fit.command import add_import_parser
+from evalkit.cli.results import add_import_parser
 from evalkit.results.importers import ImportError_, import_clip_benchmark
 from evalkit.results.schema import TIDY_COLUMNS
 

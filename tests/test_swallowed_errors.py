@@ -19,13 +19,13 @@ from evalkit.models.hub import HubReadError, HubUnavailable, read_dir_layout, re
 
 
 class _Failing(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Makes `import evalkit.fit.command` fail the way a missing third-party dependency would."""
+    """Makes `import evalkit.cli.fit` fail the way a missing third-party dependency would."""
 
     def __init__(self, missing: str) -> None:
         self.missing = missing
 
     def find_spec(self, name, path=None, target=None):
-        if name == "evalkit.fit.command":
+        if name == "evalkit.cli.fit":
             return importlib.machinery.ModuleSpec(name, self)
         return None
 
@@ -38,20 +38,20 @@ class _Failing(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def test_an_import_error_in_evalkits_own_fit_module_is_raised(monkeypatch):
     """Before, `except ImportError: pass` dropped `fit` and `import` from the CLI without a word."""
-    monkeypatch.setitem(sys.modules, "evalkit.fit.command", None)  # import of it fails: evalkit's own bug
+    monkeypatch.setitem(sys.modules, "evalkit.cli.fit", None)  # import of it fails: evalkit's own bug
     with pytest.raises(ImportError) as e:
         cli.build_parser()
-    assert "evalkit.fit.command" in str(e.value)
+    assert "evalkit.cli.fit" in str(e.value)
 
 
 def test_a_missing_third_party_package_says_what_to_install(monkeypatch, capsys):
-    monkeypatch.delitem(sys.modules, "evalkit.fit.command", raising=False)
+    monkeypatch.delitem(sys.modules, "evalkit.cli.fit", raising=False)
     monkeypatch.setattr(sys, "meta_path", [_Failing("sklearn"), *sys.meta_path])
     parser = cli.build_parser()
     assert parser.parse_args(["collect", "x"]).command == "collect"  # every other command still works
     assert cli.main(["fit", "results.parquet", "--task", "t", "--metric", "m"]) == 2
     err = capsys.readouterr().err
-    assert "evalkit fit: error:" in err and "evalkit.fit.command" in err and "pip install scikit-learn" in err
+    assert "evalkit fit: error:" in err and "evalkit.cli.fit" in err and "pip install scikit-learn" in err
     assert cli.main(["import", "clip-benchmark", "x"]) == 2
     assert "pip install scikit-learn" in capsys.readouterr().err
 

@@ -17,9 +17,7 @@ can gate on it), 2 when the tables cannot be read or share no (run, epoch, task,
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,51 +157,3 @@ def write_comparison(cmp: Comparison, out: str | os.PathLike) -> tuple[str, str]
     atomic_write(out, lambda p: cmp.rows.to_csv(p, index=False))
     atomic_write(side, lambda p: cmp.summary.to_csv(p, index=False))
     return out, side
-
-
-def add_compare_parser(subparsers) -> None:
-    """Add `compare OURS THEIRS [--tol T] [--out FILE.csv]`."""
-    p = subparsers.add_parser(
-        "compare", help="compare two results tables per checkpoint and metric (e.g. against published numbers)",
-        description="Match two results tables (evalkit's tidy table or results folder, or the reference's "
-                    "results.parquet / segmentation_results.parquet) on (run, epoch, task, metric); print a "
-                    "summary per task and metric (n, max and mean |diff|) and the values beyond the tolerance. "
-                    "Exit status 0: all within tolerance; 1: some beyond; 2: unreadable or nothing in common.")
-    p.add_argument("ours", help="our results: table or results folder")
-    p.add_argument("theirs", help="the table to check against, e.g. the published results.parquet")
-    p.add_argument("--tol", type=float, default=DEFAULT_TOL, help=f"absolute tolerance (default {DEFAULT_TOL})")
-    p.add_argument("--out", default=None,
-                   help="CSV of every compared value (and OUT_summary.csv with the summary)")
-    p.add_argument("--show", type=int, default=20, help="rows beyond tolerance to print (default 20)")
-    p.set_defaults(func=run_compare_command)
-
-
-def run_compare_command(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from evalkit.results.importers import ImportError_
-
-    try:
-        cmp = compare(args.ours, args.theirs, tol=args.tol)
-        files = write_comparison(cmp, args.out) if args.out else ()
-    except (CompareError, ImportError_, OSError) as exc:
-        print(f"evalkit compare: error: {exc}", file=sys.stderr)
-        return 2
-    with pd.option_context("display.width", 200, "display.max_colwidth", 80):
-        print(cmp.summary.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
-        beyond = cmp.beyond
-        n_ours = int((cmp.rows["side"] != "theirs only").sum())
-        print(f"\nmatched {len(cmp.matched)} of our {n_ours} values; {int((cmp.rows['side'] == 'ours only').sum())} "
-              f"only in ours, {int((cmp.rows['side'] == 'theirs only').sum())} only in theirs")
-        if beyond.empty:
-            print(f"all matched values within {args.tol:g}")
-        else:
-            print(f"{len(beyond)} values beyond {args.tol:g} (largest first):")
-            shown = beyond.sort_values("abs_diff", ascending=False, kind="stable")
-            shown = shown.drop(columns=["beyond_tol", "side"]).head(max(args.show, 0))
-            print(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
-            if len(beyond) > len(shown):
-                print(f"... and {len(beyond) - len(shown)} more" + (f" (all in {files[0]})" if files else ""))
-    for f in files:
-        print(f"wrote {f}")
-    return 1 if not beyond.empty else 0

@@ -27,10 +27,8 @@ Only rows with ``status == ok`` and a finite value are exported.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 
 LEADING_COLUMNS = ("name", "namespace", "model_simple", "pretrain_dataset", "lr_scheduler", "samples_seen",
                    "samples_seen_scale_pretty", "epoch", "total_epochs", "gflops", "downstream_dataset")
@@ -181,30 +179,3 @@ def export_results(results, out: str | os.PathLike | None = None, fmt: str = "sc
     if out is not None:
         write_table(wide, out)
     return wide
-
-
-def add_export_parser(subparsers) -> None:
-    """Add `export RESULTS --format scaling-laws --out FILE`."""
-    p = subparsers.add_parser(
-        "export", help="write a results table in another shape (the reference's scaling-laws tables)",
-        description="Write evalkit's tidy results table in the wide shape of LAION's scaling-law tables "
-                    "(one row per checkpoint x downstream dataset, one column per metric), so the reference's "
-                    "fitter scripts read it unchanged. See evalkit/results/export.py for the column mapping.")
-    p.add_argument("results", help="results table (Parquet or CSV) or results folder")
-    p.add_argument("--format", default="scaling-laws", choices=FORMATS, help="output shape (default scaling-laws)")
-    p.add_argument("--out", required=True, help="output table: .parquet or .csv")
-    p.set_defaults(func=run_export_command)
-
-
-def run_export_command(args: argparse.Namespace) -> int:
-    from evalkit.results.importers import ImportError_
-
-    try:
-        wide = export_results(args.results, args.out, args.format)
-    except (ExportError, ImportError_, OSError) as exc:
-        print(f"evalkit export: error: {exc}", file=sys.stderr)
-        return 2
-    n_ckpt = wide[["name", "epoch", "path"]].astype(str).drop_duplicates().shape[0]
-    print(f"wrote {len(wide)} rows ({n_ckpt} checkpoints x {wide['downstream_dataset'].nunique()} downstream "
-          f"datasets) to {args.out}")
-    return 0

@@ -1,4 +1,4 @@
-"""argparse wiring for `evalkit fit` and `evalkit import`; evalkit/cli.py calls these.
+"""`evalkit fit`: scaling-law fits of a results table.
 
 Nothing heavy is imported at module import time (the handlers import lazily) so `evalkit --help`
 stays fast.
@@ -79,66 +79,4 @@ def run_fit_command(args: argparse.Namespace) -> int:
         cross = ", ".join(f"{v:.4g}" for v in report.crossover_x) or "none in range"
         print(f"crossover x: {cross}")
     print(f"wrote {len(report.files)} files to {args.out}")
-    return 0
-
-
-def add_import_parser(subparsers) -> None:
-    """Add `import clip-benchmark DIR... --out PATH` and `import scaling-laws FILE --out PATH`."""
-    p = subparsers.add_parser("import", help="import existing evaluation results into evalkit's tidy table")
-    sub = p.add_subparsers(dest="source", required=True)
-    c = sub.add_parser("clip-benchmark", help="clip_benchmark result JSON files (searched recursively)")
-    c.add_argument("paths", nargs="+", metavar="DIR", help="folders or JSON files")
-    c.add_argument("--out", required=True, help="output table (.parquet or .csv)")
-    c.add_argument("--gflops-profile", default=None,
-                   help="CSV with columns model,gflops (GFLOPs per sample per architecture) to fill compute")
-    c.add_argument("--samples-per-epoch", type=float, default=None,
-                   help="samples per epoch, to fill samples_seen = epoch x this")
-    c.add_argument("--metadata", default=None,
-                   help="a scaling-laws table (results.parquet, segmentation_results.parquet) whose rows for the "
-                        "same run name and epoch fill samples_seen, compute and the identity columns")
-    c.set_defaults(func=run_import_command)
-    s = sub.add_parser("scaling-laws", help="the reference's wide tables (results.parquet, "
-                                            "segmentation_results.parquet)")
-    s.add_argument("table", help="Parquet or CSV table, one row per checkpoint x downstream dataset")
-    s.add_argument("--out", required=True, help="output table (.parquet or .csv)")
-    s.set_defaults(func=run_import_scaling_laws_command)
-
-
-def run_import_command(args: argparse.Namespace) -> int:
-    from evalkit.results.importers import ImportError_, import_clip_benchmark
-
-    try:
-        profile = None
-        if args.gflops_profile:
-            import pandas as pd
-
-            prof = pd.read_csv(args.gflops_profile)
-            profile = dict(zip(prof["model"].astype(str), prof["gflops"].astype(float), strict=True))
-        df = import_clip_benchmark(args.paths, args.out, gflops_per_sample=profile,
-                                   samples_per_epoch=args.samples_per_epoch, metadata=getattr(args, "metadata", None))
-    except (ImportError_, OSError, KeyError) as exc:
-        print(f"evalkit import: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(df)} rows from {df['source'].nunique()} files to {args.out}")
-    if getattr(args, "metadata", None):
-        ckpt = df.drop_duplicates(["model", "epoch"])
-        unknown = ckpt[ckpt["samples_seen"].isna()]
-        if len(unknown):
-            shown = ", ".join(f"{m} epoch {e}" for m, e in unknown[["model", "epoch"]].head(3).itertuples(index=False))
-            print(f"evalkit import: warning: {len(unknown)} of {len(ckpt)} checkpoints are not in {args.metadata} "
-                  f"(e.g. {shown}); their samples_seen and compute stay empty", file=sys.stderr)
-    return 0
-
-
-def run_import_scaling_laws_command(args: argparse.Namespace) -> int:
-    from evalkit.results.importers import ImportError_, import_scaling_laws
-
-    try:
-        df = import_scaling_laws(args.table, args.out)
-    except (ImportError_, OSError) as exc:
-        print(f"evalkit import: error: {exc}", file=sys.stderr)
-        return 2
-    n_ckpt = df[["model", "epoch"]].drop_duplicates().shape[0]
-    print(f"wrote {len(df)} rows ({n_ckpt} checkpoints, tasks {', '.join(sorted(df['task'].unique()))}) "
-          f"to {args.out}")
     return 0
