@@ -1,4 +1,5 @@
-"""Which exceptions are the user's to fix (printed in one line) rather than evalkit bugs (traceback)."""
+"""The exception tree: one EvalkitError base; UserError for what the user fixes (one line, exit 2), anything
+else is a bug (traceback). Imports nothing of evalkit, so every layer can use it."""
 
 from __future__ import annotations
 
@@ -14,12 +15,6 @@ class UserError(EvalkitError):
 
 
 def is_user_error(e: BaseException) -> bool:
-    from evalkit.data.sources import DataError
-    from evalkit.engine import DeviceError
-    from evalkit.models.checkpoint import CheckpointError
-    from evalkit.models.configs import ModelNotFound
-    from evalkit.models.hub import HubUnavailable
-    from evalkit.results.store import ResultsWriteError
-    from evalkit.tasks.spec import TaskError
-
-    return isinstance(e, (UserError, DataError, CheckpointError, ModelNotFound, HubUnavailable, TaskError, ResultsWriteError, DeviceError, FileNotFoundError, ValueError))
+    """Printed as one line (exit 2) rather than a traceback: every UserError (each evalkit error class
+    derives from it), and, for now, any ValueError / FileNotFoundError (bad arguments raised as such)."""
+    return isinstance(e, (UserError, FileNotFoundError, ValueError))

@@ -27,13 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evalkit.errors import UserError
+
 try:  # submitit is an optional dependency (evalkit[slurm]); only `submit` needs it
     from submitit.slurm.slurm import SlurmInfoWatcher as _WatcherBase
 except ImportError:  # pragma: no cover - without submitit, `submit` says what to install
     _WatcherBase = object  # type: ignore[assignment,misc]
 
 
-class SubmitError(RuntimeError):
+class SubmitError(UserError, RuntimeError):
     """A submission that could not be made; one line for the user."""
 
 

@@ -16,8 +16,10 @@ from typing import Any
 
 from PIL import Image
 
+from evalkit.errors import UserError
 
-class DataError(RuntimeError):
+
+class DataError(UserError, RuntimeError):
     """Bad or missing data: the message names the file or folder and what was expected."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from evalkit.errors import UserError
 from evalkit.results.schema import TIDY_COLUMNS
 
 X_AXES = {"gflops_total": ("gflops_total", "gflops"), "samples_seen": ("samples_seen", "total_samples_seen")}
@@ -27,7 +28,7 @@ _WIDE_METRIC_HINTS = ("acc", "recall", "miou", "loss", "map", "mean_")
 _FAMILY_COLUMNS = ("family", "namespace")
 
 
-class TableError(ValueError):
+class TableError(UserError, ValueError):
     """A problem with the input table; the message names the file and says what to do."""
 
 

@@ -30,6 +30,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from evalkit.errors import UserError
+
 log = logging.getLogger(__name__)
 
 NAMESPACES = ("clip", "mammut", "coca", "cap", "siglip")
@@ -75,7 +77,7 @@ EXPECTED = (
 )
 
 
-class RunNameError(ValueError):
+class RunNameError(UserError, ValueError):
     """A run name in neither of the paper's layouts; the message says what was expected."""
 
 

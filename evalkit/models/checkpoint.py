@@ -30,8 +30,10 @@ from pathlib import Path
 
 import torch
 
+from evalkit.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be read or does not fit the model; the message says what to do."""
 
 

@@ -10,10 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from evalkit.errors import UserError
+
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(UserError, LookupError):
     """An architecture or model name that evalkit cannot resolve; the message lists close names."""
 
 

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from evalkit.errors import UserError
+
 WEIGHT_FILES = (
     "open_clip_model.safetensors",
     "open_clip_pytorch_model.safetensors",
@@ -17,7 +19,7 @@ WEIGHT_FILES = (
 )
 
 
-class HubUnavailable(RuntimeError):
+class HubUnavailable(UserError, RuntimeError):
     """A hub model that is neither in the local cache nor reachable; the message says how to fetch it."""
 
 

@@ -21,6 +21,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from evalkit.errors import UserError
+
 KEY = ("name", "epoch", "task", "metric")
 ROW_COLUMNS = (*KEY, "ours", "theirs", "diff", "abs_diff", "beyond_tol", "side")
 SUMMARY_COLUMNS = ("task", "metric", "n", "max_abs_diff", "mean_abs_diff", "n_beyond_tol", "n_ours_only",
@@ -28,7 +30,7 @@ SUMMARY_COLUMNS = ("task", "metric", "n", "max_abs_diff", "mean_abs_diff", "n_be
 DEFAULT_TOL = 0.005
 
 
-class CompareError(ValueError):
+class CompareError(UserError, ValueError):
     """Tables that cannot be compared; the message names the file and says what to do."""
 
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 import os
 import re
 
+from evalkit.errors import UserError
+
 LEADING_COLUMNS = ("name", "namespace", "model_simple", "pretrain_dataset", "lr_scheduler", "samples_seen",
                    "samples_seen_scale_pretty", "epoch", "total_epochs", "gflops", "downstream_dataset")
 REFERENCE_METRICS = ("acc1", "acc5", "mean_per_class_recall", "image_retrieval_recall@5", "text_retrieval_recall@5",
@@ -42,7 +44,7 @@ FORMATS = ("scaling-laws",)
 _EPOCH_SUFFIX = re.compile(r"/epoch_\d+(\.\w+)?$")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A table that cannot be exported; the message says why and what to do."""
 
 

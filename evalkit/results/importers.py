@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from evalkit.atomic import atomic_write
+from evalkit.errors import UserError
 from evalkit.results.schema import REFERENCE_IDENTITY_COLUMNS, TIDY_COLUMNS
 
 # evalkit task types that the reference names otherwise (the `task` column of its tables).
@@ -40,7 +41,7 @@ _TASK_TYPES = {"zeroshot_classification": "zeroshot_classification", "zeroshot_r
                "linear_probe": "linear_probe", "captioning": "captioning"}
 
 
-class ImportError_(ValueError):
+class ImportError_(UserError, ValueError):
     """A clip_benchmark file that cannot be imported; the message names the file."""
 
 

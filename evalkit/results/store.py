@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.atomic import atomic_write, atomic_write_bytes, atomic_write_text, fsync_path, remove_stale_temps
+from evalkit.errors import UserError
 from evalkit.results.schema import RESULT_COLUMNS
 
 log = logging.getLogger(__name__)
 
-class ResultsWriteError(RuntimeError):
+class ResultsWriteError(UserError, RuntimeError):
     """The table could not be written (full disk, permissions); the unit files are untouched."""
 
 
