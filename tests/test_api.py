@@ -14,7 +14,7 @@ from evalkit.embedded.paths import embedded_home
 def test_evaluate_takes_a_run_folder_with_filters_like_the_cli(tmp_path):
     ensure_grid()
     runs = embedded_home() / "runs"
-    with pytest.raises(ValueError):  # a filter needs a grid to filter
+    with pytest.raises(ValueError, match=r"--where/--epochs select among grid checkpoints"):  # a filter needs a grid
         evalkit.evaluate("tinyclip-S", ["shapes"], epochs="last", out=tmp_path / "none", device="cpu")
     pattern = str(runs / "tinyclip-S_s2k" / "checkpoints" / "epoch_*.pt")
     table = evalkit.evaluate(tasks=["shapes"], checkpoints=pattern, epochs="last", out=tmp_path / "api", device="cpu",

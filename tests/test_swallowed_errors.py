@@ -154,7 +154,26 @@ def test_a_corrupt_config_names_its_file(tmp_path, monkeypatch, content):
     assert str(folder / "open_clip_config.json") in str(e.value)
 
 
-def test_read_errors_print_as_one_line_user_errors():
+def test_read_errors_print_as_one_line_user_errors(tmp_path, monkeypatch, capsys):
+    """A HubReadError reaching the CLI is the user's to fix: one line naming the file, exit 2, no traceback."""
     from evalkit.errors import is_user_error
 
-    assert is_user_error(HubReadError("x")) and hub.HubReadError is HubReadError
+    assert is_user_error(HubReadError("x"))
+    folder = tmp_path / "local"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_bytes(b"{not json")
+    (folder / "open_clip_model.safetensors").write_bytes(b"x")
+
+    def command(args):
+        hub.read_dir_layout(folder)  # raises HubReadError
+        return 0
+
+    monkeypatch.delenv("EVALKIT_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "cmd_tasks", command)
+    assert cli.main(["tasks"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("evalkit: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert str(folder / "open_clip_config.json") in err and "JSONDecodeError" in err
+    monkeypatch.setenv("EVALKIT_DEBUG", "1")  # ... and with EVALKIT_DEBUG the traceback is there
+    with pytest.raises(HubReadError, match="open_clip_config.json"):
+        cli.main(["tasks"])

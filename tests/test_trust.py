@@ -101,15 +101,46 @@ def test_ok_and_failed_rows_carry_the_resolved_hash(ckpt, wds, tmp_path):
     assert table.task_hash.iloc[0] == resolved["task_hash"] and "data" in resolved
 
 
-def test_precision_is_part_of_a_result(ckpt, wds, tmp_path):
+def _record_image_tower_dtypes(monkeypatch) -> list:
+    """Every model the engine loads gets forward hooks on the Linear layers of its image tower; the
+    dtypes of their outputs are appended to the returned list."""
+    import torch
+
+    from evalkit import engine
+
+    seen: list = []
+    hooked: set[int] = set()
+    load = engine.load_model
+
+    def load_and_hook(*a, **kw):
+        lm = load(*a, **kw)
+        linears = [m for m in lm.model.visual.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears, "the image tower has no Linear layer to observe"
+        if id(lm.model) not in hooked:
+            hooked.add(id(lm.model))
+            for m in linears:
+                m.register_forward_hook(lambda mod, inp, output: seen.append(output.dtype))
+        return lm
+
+    monkeypatch.setattr(engine, "load_model", load_and_hook)
+    return seen
+
+
+def test_precision_is_part_of_a_result(ckpt, wds, tmp_path, monkeypatch):
+    import torch
+
+    seen = _record_image_tower_dtypes(monkeypatch)
     out = tmp_path / "out"
     values = {}
-    for precision in ("fp32", "amp_bf16", "amp_fp16"):
+    for precision, dtype in (("fp32", torch.float32), ("amp_bf16", torch.bfloat16), ("amp_fp16", torch.float16)):
+        seen.clear()
         counts, table = _run(ckpt, ["wds/wds_shapes"], out, wds, precision=precision)
         assert counts["ok"] == 1, f"{precision} must be computed, not taken from another precision"
         assert list(table.precision.unique()) == [precision] and len(table) == 3
+        # autocast really ran: the image tower computed in the asked-for dtype, and only in it
+        assert seen and set(seen) == {dtype}, f"{precision}: image tower ran in {set(seen)}, not {dtype}"
         values[precision] = table.set_index("metric").value
-    # autocast really ran (numbers move a little) and stays close to fp32 on a trained model
+    # ... and stays close to fp32 on a trained model
     for p in ("amp_bf16", "amp_fp16"):
         assert (values[p] - values["fp32"]).abs().max() < 0.05
     assert len(superseded(out)) == 2
