@@ -10,6 +10,7 @@ folder (two shards on different hosts can have the same pid), and parseable, so 
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -19,6 +20,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from evalkit.errors import UserError
+
+# What a full disk, a quota, a read-only mount or a folder without permission look like: the user's to
+# fix, said in one line naming the file (`WriteError`), never a traceback.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 TMP_PREFIX = ".tmp-"
 STALE_AGE_S = 24 * 3600.0  # other hosts' temps (their pids can't be checked) are stale after this long
 
@@ -52,9 +58,39 @@ def parse_temp_dir_name(name: str) -> tuple[str, int] | None:
     return parts[0], int(parts[1])
 
 
+class WriteError(UserError, OSError):
+    """A write refused by the disk (full, quota, read-only, permissions); names the file and what to do.
+    An OSError too, so callers that handle write failures as such keep doing so."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def write_error(path: Path, e: OSError) -> WriteError:
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EROFS: "the file system is read-only"}.get(e.errno or 0, "permission denied")
+    err = WriteError(e.errno, f"{path}: cannot write it ({what}). Free space there, or point evalkit at another "
+                              "folder (--out for results, --cache-dir for the image cache), or fix its permissions; "
+                              "results already written are kept, and a rerun resumes from them.")
+    err.filename = str(path)
+    return err
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` for a temp path beside `path`, then move it into place; never leaves the temp."""
+    """Call `write(tmp)` for a temp path beside `path`, then move it into place; never leaves the temp.
+    A disk that refuses the write (`DISK_ERRNOS`) is a `WriteError` naming `path`."""
     path = Path(path)
+    try:
+        return _atomic_write(path, write)
+    except WriteError:
+        raise
+    except OSError as e:
+        if e.errno in DISK_ERRNOS:
+            raise write_error(path, e) from None
+        raise
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     # The temp file keeps the final name inside a private folder beside it: writers that read the
     # name (matplotlib's format, torch.save's archive name) see the real one, and no two writes (other
     # threads, other processes, other hosts) ever share a temp path.
