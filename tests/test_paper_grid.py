@@ -150,7 +150,7 @@ def test_hub_layout_end_to_end(hub_root, tmp_path, caplog):
 
 
 def _specs_cli(*argv: str):
-    from evalkit.cli import _specs
+    from evalkit.cli.run import _specs
 
     return _specs(build_parser().parse_args(["run", "--tasks", "x", *argv]))
 

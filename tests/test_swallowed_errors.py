@@ -169,7 +169,9 @@ def test_read_errors_print_as_one_line_user_errors(tmp_path, monkeypatch, capsys
         return 0
 
     monkeypatch.delenv("EVALKIT_DEBUG", raising=False)
-    monkeypatch.setattr(cli, "cmd_tasks", command)
+    from evalkit.cli import run as cli_run
+
+    monkeypatch.setattr(cli_run, "cmd_tasks", command)
     assert cli.main(["tasks"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("evalkit: error: ") and err.count("\n") == 1 and "Traceback" not in err

@@ -106,11 +106,11 @@ def _record_image_tower_dtypes(monkeypatch) -> list:
     dtypes of their outputs are appended to the returned list."""
     import torch
 
-    from evalkit import engine
+    from evalkit.engine import loop
 
     seen: list = []
     hooked: set[int] = set()
-    load = engine.load_model
+    load = loop.load_model
 
     def load_and_hook(*a, **kw):
         lm = load(*a, **kw)
@@ -122,7 +122,7 @@ def _record_image_tower_dtypes(monkeypatch) -> list:
                 m.register_forward_hook(lambda mod, inp, output: seen.append(output.dtype))
         return lm
 
-    monkeypatch.setattr(engine, "load_model", load_and_hook)
+    monkeypatch.setattr(loop, "load_model", load_and_hook)
     return seen
 
 
