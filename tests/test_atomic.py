@@ -72,7 +72,7 @@ def test_a_failed_write_leaves_no_temp(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("killed")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^killed$"):  # the writer's own error, not a wrapped one
         atomic_write(tmp_path / "a.txt", boom)
     assert list(tmp_path.iterdir()) == []
 

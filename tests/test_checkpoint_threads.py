@@ -60,7 +60,7 @@ def test_concurrent_training_checkpoint_reads_all_succeed(training_files) -> Non
 def test_load_finishing_first_keeps_the_allowlist_for_the_other(training_files, monkeypatch) -> None:
     """The exact interleaving of the bug, made deterministic: a slow load is inside its allowlist window
     while a second load starts and finishes; the slow one must still read its numpy scalars."""
-    _, paths = training_files
+    want, paths = training_files
     real_load = torch.load
     inside, release = threading.Event(), threading.Event()
 
@@ -88,7 +88,10 @@ def test_load_finishing_first_keeps_the_allowlist_for_the_other(training_files, 
         release.set()
         t.join(30)
     assert "error" not in result, result.get("error")
-    assert isinstance(result["state"], dict)
+    state = result["state"]
+    assert set(state) == set(want)  # the slow load read the whole state dict, values intact
+    for k, v in want.items():
+        torch.testing.assert_close(state[k], v, rtol=0, atol=0)
     assert not _ours_registered()
 
 

@@ -100,8 +100,9 @@ def test_cli_device_cuda_without_gpu_is_one_line(no_gpu_env, tmp_path, capsys):
 
 
 def test_cli_refuses_unknown_device(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         main(["run", "--model", "x", "--tasks", "shapes", "--device", "gpu"])
+    assert e.value.code == 2  # argparse's usage error, before anything runs
     assert "expected cpu, cuda or cuda:N" in capsys.readouterr().err
 
 

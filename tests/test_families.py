@@ -209,7 +209,7 @@ def test_duplicate_registration_warns_and_the_later_wins(registry_snapshot):
     assert unregister_family("dup-test") is Second and "dup-test" not in families()
     with pytest.raises(ValueError, match="no `name`"):
         register_family(type("Nameless", (ModelFamily,), {}))
-    with pytest.raises(TypeError, match="not a ModelFamily subclass"):
+    with pytest.raises(TypeError, match="register_family: <class 'dict'> is not a ModelFamily subclass"):
         register_family(dict)  # type: ignore[arg-type]
 
 

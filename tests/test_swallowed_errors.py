@@ -58,7 +58,9 @@ def test_a_missing_third_party_package_says_what_to_install(monkeypatch, capsys)
 
 def test_fit_and_import_are_registered_normally():
     args = cli.build_parser().parse_args(["fit", "r.parquet", "--task", "t", "--metric", "m", "--out", "o"])
-    assert args.command == "fit" and args.func is not None
+    from evalkit.cli.fit import run_fit_command
+
+    assert args.command == "fit" and args.func is run_fit_command  # the real command, not the "unavailable" stub
 
 
 # --- the hub: a read error is an error naming the file, not "no weights" -----------------------------
