@@ -12,16 +12,16 @@ if TYPE_CHECKING:  # torch is imported where used, so data-only tests (the fit o
     import torch
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "tests" / "data"  # verbatim copies of the reference oracles and data (tests/data/README.md)
+DATA = REPO / "tests" / "fixtures"  # verbatim copies of the reference oracles and data (tests/fixtures/README.md)
 TINY_S = REPO / "evalkit" / "models" / "model_configs" / "tinyclip-S.json"
 TINY_M = REPO / "evalkit" / "models" / "model_configs" / "tinyclip-M.json"
 
 
 def fixture_path(*parts: str) -> Path:
-    """A file or folder under tests/data; a missing one is an error (a test never skips for want of it)."""
+    """A file or folder under tests/fixtures; a missing one is an error (a test never skips for want of it)."""
     path = DATA.joinpath(*parts)
     if not path.exists():
-        raise FileNotFoundError(f"test fixture missing: {path} (the repository ships it; see tests/data/README.md)")
+        raise FileNotFoundError(f"test fixture missing: {path} (the repository ships it; see tests/fixtures/README.md)")
     return path
 
 

@@ -7,7 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_gpu.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_gpu.py"
 
 
 def _bench():

@@ -140,5 +140,5 @@ def test_command_module_is_light() -> None:
             "bad = [m for m in ('numpy', 'pandas', 'scipy', 'matplotlib', 'torch') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       cwd=Path(__file__).resolve().parents[1])
+                       cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 0, r.stdout + r.stderr

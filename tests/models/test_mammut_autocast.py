@@ -86,7 +86,7 @@ def test_every_norm_casts_back_like_the_fork(micro: MaMMUT, cuda_layer_norm_poli
             assert want.dtype == dtype
             assert got.dtype == dtype, f"{name}: {dtype} in, {got.dtype} out (the fork casts back)"
             assert torch.equal(got, want), name
-    # Outside autocast nothing changes: the fp32 oracle numbers (tests/test_mammut.py) stay as they were.
+    # Outside autocast nothing changes: the fp32 oracle numbers (tests/models/test_mammut.py) stay as they were.
     x = torch.randn(2, 64)
     assert torch.equal(micro.visual.ln_pre(x), F.layer_norm(x, (64,), micro.visual.ln_pre.weight,
                                                             micro.visual.ln_pre.bias, 1e-5))

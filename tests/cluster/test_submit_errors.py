@@ -1,6 +1,6 @@
 """`evalkit submit` without a real cluster: no SLURM on the machine is one line naming --cluster local;
 a refused collect step leaves nothing submitted; on a cluster without accounting the job states come
-from squeue, said once. (The real-cluster tests are tests/test_slurm.py, `make test-slurm`.)"""
+from squeue, said once. (The real-cluster tests are tests/cluster/test_slurm.py, `make test-slurm`.)"""
 
 from __future__ import annotations
 

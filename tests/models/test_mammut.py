@@ -21,7 +21,7 @@ from evalkit.models.family import FAMILIES, family_for
 
 MANIFESTS = fixture_path("mammut-fork", "manifests")
 MICRO = fixture_path("mammut-fork", "micro-A")
-CONFIG_DIR = Path(__file__).parents[1] / "evalkit" / "models" / "model_configs"
+CONFIG_DIR = Path(__file__).parents[2] / "evalkit" / "models" / "model_configs"
 ATOL = 1e-5
 
 MAMMUT_MANIFESTS = ["mammut_ViT-S-32", "mammut_ViT-B-32", "mammut_ViT-B-16", "mammut_ViT-L-14"]
