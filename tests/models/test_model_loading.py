@@ -64,7 +64,7 @@ def _bare(model, tmp_path):
 def test_open_clip_refuses_the_training_file_but_evalkit_reads_it(reference, tmp_path):
     model, _ = reference
     path = save_training_checkpoint(model, tmp_path / "epoch_1.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         open_clip.load_checkpoint(open_clip.create_model("tinyclip-S"), str(path))
     state = read_state_dict(path)
     assert set(state) == set(model.state_dict()) and not any(k.startswith("module.") for k in state)
