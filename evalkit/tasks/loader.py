@@ -33,15 +33,38 @@ SUITE_KEYS = {"name": str, "type": str, "tasks": list, "partial": list, "members
               "include": str}
 
 
+# parsed task files by (path, content): `get_task` validates every file, so a suite of suites would
+# otherwise parse each YAML file once per member; reading the bytes is cheap, parsing is not, and an
+# edited file (even within one mtime tick) has another key
+_PARSED: dict[tuple[str, bytes], dict] = {}
+
+
 def _load_yaml(path: Path) -> dict:
+    """A task file's mapping (a fresh copy: callers pop and merge keys)."""
+    import copy
+    import hashlib
+
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise TaskError(f"{path}: cannot read the task file ({e.strerror or e}).") from None
+    key = (str(path), hashlib.sha1(text).digest())
+    if key not in _PARSED:
+        if len(_PARSED) > 4096:
+            _PARSED.clear()
+        _PARSED[key] = _parse_yaml(path, text)
+    return copy.deepcopy(_PARSED[key])
+
+
+def _parse_yaml(path: Path, text: bytes) -> dict:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text.decode())
     except yaml.YAMLError as e:
         raise TaskError(f"{path}: not valid YAML ({e}).") from None
-    except OSError as e:
-        raise TaskError(f"{path}: cannot read the task file ({e.strerror or e}).") from None
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}).") from None
     if not isinstance(data, dict):
         raise TaskError(f"{path}: a task file must be a mapping with keys {', '.join(REQUIRED)}.")
     return data
