@@ -20,11 +20,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from evalkit.errors import UserError
+from evalkit.errors import DISK_ERRNOS, UserError
 
-# What a full disk, a quota, a read-only mount or a folder without permission look like: the user's to
-# fix, said in one line naming the file (`WriteError`), never a traceback.
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# DISK_ERRNOS (errors.py): a full disk, a quota, a read-only mount or a folder without permission, said
+# here in one line naming the file (`WriteError`), never a traceback.
 TMP_PREFIX = ".tmp-"
 STALE_AGE_S = 24 * 3600.0  # other hosts' temps (their pids can't be checked) are stale after this long
 

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 from evalkit.atomic import HOST, _pid_alive, atomic_write, atomic_write_text, remove_stale_temps
 from evalkit.data.preprocess import PreprocessCfg, pixel_transform
 from evalkit.data.sources import DataError, ImageSource
+from evalkit.errors import UsageError
 
 LOCK_FILE = "build.lock"
 PIECES_DIR = "pieces"
@@ -412,7 +413,8 @@ def _entry_builder(source: ImageSource, cfg: PreprocessCfg, entry: Path, final: 
 def piece_bounds(total: int, index: int, count: int) -> tuple[int, int]:
     """Images [start, stop) of piece `index` of `count`: [i*N/n, (i+1)*N/n)."""
     if not 0 <= index < count:
-        raise ValueError(f"piece {index} of {count}: need 0 <= index < count")
+        raise UsageError(f"piece {index} of {count}: need 0 <= index < count (from --shard i/n, or RANK/WORLD_SIZE "
+                         "or SLURM_PROCID/SLURM_NTASKS in the environment)")
     return index * total // count, (index + 1) * total // count
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 from evalkit.data.formats.folder import PathOpener
 from evalkit.data.preprocess import PreprocessCfg, pixel_transform
 from evalkit.data.sources import DataError, ImageSource, fingerprint_files
+from evalkit.errors import UsageError
 
 IGNORE_LABEL = 255  # reduced label maps are uint8: 0..C-1 = classes, 255 = ignore
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -234,7 +235,7 @@ def load_label_maps(source: ImageSource, cfg: PreprocessCfg, num_classes: int,
     geometry), so a grid decodes each annotation once per geometry, like the image cache does.
     """
     if num_classes > 254:
-        raise ValueError(f"{num_classes} classes do not fit uint8 label maps (at most 254)")
+        raise UsageError(f"{num_classes} classes do not fit uint8 label maps (at most 254)")
     idx = list(range(len(source))) if indices is None else list(indices)
     key = hashlib.sha1(f"{source.fingerprint}|{len(source)}|{cfg.pixel_key}|{num_classes}|{idx}".encode()).hexdigest()
     if key in _LABEL_CACHE:
