@@ -65,9 +65,14 @@ class WriteError(UserError, OSError):
         return str(self.strerror)
 
 
-def write_error(path: Path, e: OSError) -> WriteError:
-    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+def disk_problem(e: OSError) -> str:
+    """What a disk error means, in words: "the disk is full", ..., "permission denied"."""
+    return {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
             errno.EROFS: "the file system is read-only"}.get(e.errno or 0, "permission denied")
+
+
+def write_error(path: Path, e: OSError) -> WriteError:
+    what = disk_problem(e)
     err = WriteError(e.errno, f"{path}: cannot write it ({what}). Free space there, or point evalkit at another "
                               "folder (--out for results, --cache-dir for the image cache), or fix its permissions; "
                               "results already written are kept, and a rerun resumes from them.")
