@@ -20,11 +20,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from evalkit.errors import UserError
+from evalkit.errors import DISK_ERRNOS, UserError
 
-# What a full disk, a quota, a read-only mount or a folder without permission look like: the user's to
-# fix, said in one line naming the file (`WriteError`), never a traceback.
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# DISK_ERRNOS (errors.py): a full disk, a quota, a read-only mount or a folder without permission, said
+# here in one line naming the file (`WriteError`), never a traceback.
 TMP_PREFIX = ".tmp-"
 STALE_AGE_S = 24 * 3600.0  # other hosts' temps (their pids can't be checked) are stale after this long
 
@@ -66,9 +65,14 @@ class WriteError(UserError, OSError):
         return str(self.strerror)
 
 
-def write_error(path: Path, e: OSError) -> WriteError:
-    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+def disk_problem(e: OSError) -> str:
+    """What a disk error means, in words: "the disk is full", ..., "permission denied"."""
+    return {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
             errno.EROFS: "the file system is read-only"}.get(e.errno or 0, "permission denied")
+
+
+def write_error(path: Path, e: OSError) -> WriteError:
+    what = disk_problem(e)
     err = WriteError(e.errno, f"{path}: cannot write it ({what}). Free space there, or point evalkit at another "
                               "folder (--out for results, --cache-dir for the image cache), or fix its permissions; "
                               "results already written are kept, and a rerun resumes from them.")

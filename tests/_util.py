@@ -17,6 +17,16 @@ TINY_S = REPO / "evalkit" / "models" / "model_configs" / "tinyclip-S.json"
 TINY_M = REPO / "evalkit" / "models" / "model_configs" / "tinyclip-M.json"
 
 
+def fill_disk(folder: Path, leave_bytes: int = 0) -> None:
+    """Fill the file system of `folder` (a test's tmpfs) until about `leave_bytes` remain free."""
+    import os
+
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    with open(folder / "filler", "wb") as f:
+        f.write(b"\0" * max(free - leave_bytes, 0))
+
+
 def fixture_path(*parts: str) -> Path:
     """A file or folder under tests/fixtures; a missing one is an error (a test never skips for want of it)."""
     path = DATA.joinpath(*parts)

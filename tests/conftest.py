@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,23 @@ def embedded_world() -> Path:
     home = embedded_home()
     build(home, log=lambda s: None)
     return home
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """tmpfs(size, ro=False) -> a fresh real tmpfs folder (root mounts it), unmounted afterwards: a disk
+    that really fills up or really refuses writes, for the full-disk tests."""
+    mounted: list[Path] = []
+
+    def make(size: str, ro: bool = False) -> Path:
+        where = tmp_path / f"mnt{len(mounted)}"
+        where.mkdir()
+        opts = f"size={size}" + (",ro" if ro else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
+        assert r.returncode == 0, f"cannot mount a tmpfs (root is needed for this test): {r.stderr}"
+        mounted.append(where)
+        return where
+
+    yield make
+    for m in reversed(mounted):
+        subprocess.run(["umount", "-l", str(m)], check=False)

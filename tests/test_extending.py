@@ -1,6 +1,7 @@
 """A new on-disk format and a new grid layout are each one module plus its registration: a module
 written here (as a user's package would ship it) is imported, registers itself, and evalkit's own entry
-points (open_classification, model_specs) use it with nothing else changed."""
+points (open_classification, open_retrieval and the retrieval protocol, model_specs) use it with nothing
+else changed."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import importlib
 import sys
 import textwrap
 
+import pytest
 from PIL import Image
 
-from evalkit.data.formats import FORMATS
+from evalkit.data.formats import FORMATS, formats_of
+from evalkit.data.formats.captions import open_retrieval
 from evalkit.data.open import open_classification
+from evalkit.data.sources import DataError
 from evalkit.grids.selection import model_specs
 from evalkit.grids.source import LAYOUTS
 
@@ -32,6 +36,25 @@ def read(root, split, wds_split):
                        targets=[classes.index(c) for _, c in rows], fingerprint="tsv", classnames=classes)
 
 register_format(Format("tsv", "classification", detect, read, "a labels.tsv (FILE<TAB>CLASS) folder", priority=40))
+'''
+
+RETRIEVAL_MODULE = '''
+from PIL import Image
+from evalkit.data.formats import Format, register_format
+from evalkit.data.sources import ImageSource
+
+def detect(root, split, wds_split):
+    return (root / f"{split}_captions.tsv").is_file()
+
+def read(root, split, wds_split):
+    rows = [line.split("\t") for line in (root / f"{split}_captions.tsv").read_text().splitlines()]
+    files = list(dict.fromkeys(f for f, _ in rows))
+    return ImageSource(name=f"tsv:{root}", ids=files, opener=lambda i: Image.open(root / files[i]).convert("RGB"),
+                       targets=[[c for f2, c in rows if f2 == f] for f in files], fingerprint="tsv-captions",
+                       meta={"format": "tsv-captions"})
+
+register_format(Format("tsv-captions", "retrieval", detect, read, "a <split>_captions.tsv (FILE<TAB>CAPTION) folder",
+                       priority=50))
 '''
 
 LAYOUT_MODULE = '''
@@ -74,6 +97,34 @@ def test_a_new_format_is_one_module(tmp_path, monkeypatch):
         assert "unrecognised layout" in str(e) and "ImageNet val layout" in str(e) and "labels.tsv" not in str(e)
     else:
         raise AssertionError("an unknown layout must be an error")
+
+
+def test_a_new_retrieval_format_is_one_module(tmp_path, monkeypatch):
+    from evalkit.tasks.base import open_task
+    from evalkit.tasks.spec import TaskSpec
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for name, colour in (("a.png", "red"), ("b.png", "blue")):
+        Image.new("RGB", (8, 8), colour).save(root / name)
+    (root / "test_captions.tsv").write_text("a.png\ta red square\nb.png\ta blue square\na.png\tsomething red\n")
+    assert [f.name for f in formats_of("retrieval")] == ["coco-captions", "flickr-captions", "wds-retrieval",
+                                                         "hf-retrieval"]  # the built-ins, in the order asked
+    with FORMATS.preserved():
+        _import(tmp_path, monkeypatch, "user_tsv_captions", RETRIEVAL_MODULE)
+        source = open_retrieval(root, "test")
+        assert (source.ids, list(source.targets)) == (["a.png", "b.png"],
+                                                      [["a red square", "something red"], ["a blue square"]])
+        assert source.opener(1).getpixel((0, 0)) == (0, 0, 255)
+        # the retrieval protocol opens it through the same registry: the task resolves against its data
+        spec, opened = open_task(TaskSpec(name="tsv_captions", type="zeroshot_retrieval", dataset="tsv"), root)
+        assert opened.ids == source.ids and spec.data == {"fingerprint": "tsv-captions", "n_images": 2}
+        with pytest.raises(DataError, match="unrecognised layout for split 'val'.*_captions.tsv"):
+            open_retrieval(root, "val")  # ... and its layout is listed among the others when none fits
+    assert "tsv-captions" not in FORMATS
+    with pytest.raises(DataError, match="unrecognised layout for split 'test'") as e:
+        open_retrieval(root, "test")
+    assert "coco_<split>_karpathy.json" in str(e.value) and "_captions.tsv" not in str(e.value)
 
 
 def test_a_new_grid_layout_is_one_module(tmp_path, monkeypatch):

@@ -9,35 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from _util import REPO
-
-
-@pytest.fixture
-def mount(tmp_path):
-    """mount(size, ro=False) -> a fresh tmpfs folder; unmounted afterwards."""
-    mounted: list[Path] = []
-
-    def make(size: str, ro: bool = False) -> Path:
-        where = tmp_path / f"mnt{len(mounted)}"
-        where.mkdir()
-        opts = f"size={size}" + (",ro" if ro else "")
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
-        assert r.returncode == 0, f"cannot mount a tmpfs (root is needed for this test): {r.stderr}"
-        mounted.append(where)
-        return where
-
-    yield make
-    for m in reversed(mounted):
-        subprocess.run(["umount", "-l", str(m)], check=False)
-
-
-def _fill(folder: Path, leave_bytes: int) -> None:
-    """Fill a tmpfs until about `leave_bytes` remain free."""
-    st = os.statvfs(folder)
-    free = st.f_bavail * st.f_frsize
-    with open(folder / "filler", "wb") as f:
-        f.write(b"\0" * max(free - leave_bytes, 0))
+from _util import REPO, fill_disk
 
 
 def _run(out: Path, cache: Path, tasks: str = "shapes") -> subprocess.CompletedProcess:
@@ -64,9 +36,9 @@ def _no_temps(folder: Path) -> None:
     assert not left, left
 
 
-def test_full_disk_at_the_first_write_is_one_line(mount, tmp_path):
-    disk = mount("300k")
-    _fill(disk, 0)
+def test_full_disk_at_the_first_write_is_one_line(tmpfs, tmp_path):
+    disk = tmpfs("300k")
+    fill_disk(disk, 0)
     out = disk / "out"
     r = _run(out, tmp_path / "cache")
     line = _one_line(r, str(out / "tasks"))
@@ -74,23 +46,23 @@ def test_full_disk_at_the_first_write_is_one_line(mount, tmp_path):
     _no_temps(disk)
 
 
-def test_read_only_out_is_one_line(mount, tmp_path):
-    disk = mount("1m", ro=True)
+def test_read_only_out_is_one_line(tmpfs, tmp_path):
+    disk = tmpfs("1m", ro=True)
     r = _run(disk / "out", tmp_path / "cache")
     line = _one_line(r, str(disk / "out"))
     assert "read-only" in line
 
 
-def test_full_disk_mid_run_keeps_the_units_written(mount, tmp_path):
+def test_full_disk_mid_run_keeps_the_units_written(tmpfs, tmp_path):
     """Room for the first task's files, not for the second's: the first result stays, the rerun on a
     disk with room resumes from it (skipped, not recomputed) and finishes."""
-    disk = mount("2m")
+    disk = tmpfs("2m")
     out = disk / "out"
     first = _run(out, tmp_path / "cache", "shapes")
     assert first.returncode == 0, first.stderr
     units = sorted((out / "units").glob("*.json"))
     assert len(units) == 1
-    _fill(disk, 0)
+    fill_disk(disk, 0)
     r = _run(out, tmp_path / "cache", "shapes,shapes_coco")
     _one_line(r, str(out))
     assert sorted((out / "units").glob("*.json")) == units  # nothing lost, nothing half-written

@@ -13,6 +13,7 @@ from _embedded import DATA, trained_checkpoint
 
 from evalkit.cli import main
 from evalkit.engine import RunOptions, run
+from evalkit.errors import UsageError
 from evalkit.fit.table import TableError, load_points
 from evalkit.models.spec import ModelSpec
 from evalkit.results.store import UnitStore, collect, superseded
@@ -161,7 +162,7 @@ def test_autocast_dtypes_on_cpu():
     for precision, dtype in (("fp32", torch.float32), ("amp_bf16", torch.bfloat16), ("amp_fp16", torch.float16)):
         with autocast_for(torch.device("cpu"), precision)():
             assert (x @ w).dtype == dtype
-    with pytest.raises(ValueError, match="amp_fp16"):
+    with pytest.raises(UsageError, match="amp_fp16"):
         autocast_for(torch.device("cpu"), "fp16")
 
 

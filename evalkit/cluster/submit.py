@@ -106,7 +106,7 @@ def build_cache(tasks: list, data_root: str | None, cache_dir: str | Path, cfgs:
         _, source = open_task(spec, resolve_root(spec.dataset, data_root, spec.options.get("default_root")))
         for cfg in cfgs:
             if shard is None:
-                arr = cache.decoded_images(source, cfg, Path(cache_dir), progress=progress)
+                arr = cache.decoded_images(source, cfg, Path(cache_dir), progress=progress, required=True)
             else:
                 cache.build_piece(source, cfg, Path(cache_dir), shard, progress=progress)
                 arr = cache.assemble(source, cfg, Path(cache_dir), progress=progress)

@@ -22,13 +22,23 @@ build --shard i/n`): piece i holds images [i*N/n, (i+1)*N/n) in `<entry>/pieces/
 each written atomically. Whoever next needs the entry and finds a complete set (the last piece
 builder, through `assemble`, or `decoded_images`) joins them under the build lock into `pixels.npy`,
 byte-identical to a single build, and removes the pieces.
+
+A full, over-quota or read-only cache disk is said, never a crash: an entry's file gets its whole size
+on disk (`posix_fallocate`, else zeros written) before any pixel goes into its memory map, since a
+store into a memory-mapped page the disk has no room for is a SIGBUS that kills the process. The
+cache only makes runs faster, so a run whose cache disk refuses the entry warns once and decodes
+into memory instead; building the cache itself (`required=True`: `evalkit cache build`, pieces)
+fails with a `CacheWriteError` naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -47,14 +57,90 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from evalkit.atomic import HOST, _pid_alive, atomic_write, atomic_write_text, remove_stale_temps
+from evalkit.atomic import (
+    HOST,
+    WriteError,
+    _pid_alive,
+    atomic_write,
+    atomic_write_text,
+    disk_problem,
+    remove_stale_temps,
+)
 from evalkit.data.preprocess import PreprocessCfg, pixel_transform
 from evalkit.data.sources import DataError, ImageSource
+from evalkit.errors import UsageError, is_disk_error
+from evalkit.progress import WARNINGS
 
 LOCK_FILE = "build.lock"
 PIECES_DIR = "pieces"
 LOCK_HEARTBEAT_S = 10.0  # a builder touches its lock at least this often while it decodes
 LOCK_STALE_S = 600.0  # a lock whose heartbeat stood still this long (waiter's clock) is abandoned
+_ZEROS_CHUNK = 1 << 24  # bytes written per call where the file system cannot allocate (no fallocate)
+
+log = logging.getLogger(__name__)
+
+
+class CacheWriteError(WriteError):
+    """The cache's disk refused an entry (full, quota, read-only, permissions): names the file and what
+    to do. A WriteError, so a UserError (one line, exit 2) and an OSError."""
+
+
+def cache_write_error(e: OSError, where: Path) -> CacheWriteError:
+    """`e` (a disk error while writing the cache) as a CacheWriteError naming its file (or `where`)."""
+    if isinstance(e, CacheWriteError):
+        return e
+    path = Path(e.filename) if e.filename else where
+    err = CacheWriteError(e.errno, f"{path}: cannot write the image cache ({disk_problem(e)}). Free space there "
+                                   "or point --cache-dir at another folder (`evalkit run --no-cache` decodes into "
+                                   "memory instead).")
+    err.filename = str(path)
+    return err
+
+
+@contextlib.contextmanager
+def _cache_writes(where: Path) -> Iterator[None]:
+    """A disk error inside is a CacheWriteError naming its file (or `where`); an empty `where` goes."""
+    try:
+        yield
+    except OSError as e:
+        if not is_disk_error(e):
+            raise
+        with contextlib.suppress(OSError):
+            where.rmdir()  # the entry folder this attempt made, if nothing else is in it
+        raise cache_write_error(e, where) from None
+
+
+def _reserve(fd: int, start: int, nbytes: int) -> None:
+    """Allocate bytes [start, start+nbytes) of an open file on disk now: a full disk is an OSError
+    here (ENOSPC), not a SIGBUS later at the first store into a memory-mapped page it has no room for."""
+    if nbytes <= 0:
+        return
+    try:
+        os.posix_fallocate(fd, start, nbytes)
+        return
+    except AttributeError:  # no posix_fallocate on this platform (macOS)
+        pass
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+    zeros = bytes(min(_ZEROS_CHUNK, nbytes))  # the file system cannot allocate: write the zeros
+    done = 0
+    while done < nbytes:
+        done += os.pwrite(fd, zeros[: min(len(zeros), nbytes - done)], start + done)
+
+
+def _reserved_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A new uint8 .npy file of `shape` whose pixels already have their space on disk, memory-mapped
+    for writing (same bytes as `np.lib.format.open_memmap`: same header, zeros until written)."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    start, nbytes = arr.offset, arr.nbytes
+    del arr  # the header and the file's size are written; no page of pixels has been touched
+    fd = os.open(path, os.O_RDWR)
+    try:
+        _reserve(fd, start, nbytes)
+    finally:
+        os.close(fd)
+    return np.load(path, mmap_mode="r+")
 
 
 def default_cache_dir() -> Path:
@@ -212,9 +298,13 @@ class _BuildLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            json.dump({"host": HOST, "pid": os.getpid(), "token": self.token,
-                       "since": time.strftime("%Y-%m-%dT%H:%M:%S")}, f)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": HOST, "pid": os.getpid(), "token": self.token,
+                           "since": time.strftime("%Y-%m-%dT%H:%M:%S")}, f)
+        except BaseException:  # a full disk: an empty lock would keep every other process waiting LOCK_STALE_S
+            self.path.unlink(missing_ok=True)
+            raise
         self.beaten = time.monotonic()
         return True
 
@@ -339,6 +429,7 @@ def decoded_images(
     num_workers: int | None = None,
     progress: bool = False,
     before_decode: Callable[[], None] | None = None,
+    required: bool = False,
 ) -> np.ndarray:
     """uint8 [N, 3, S, S] pixels of `source`: read from the cache, or decoded (and cached) now.
 
@@ -347,23 +438,42 @@ def decoded_images(
     `num_workers` defaults to the CPUs this process may use (its affinity), at most 8.
     `before_decode` is called only when images are about to be decoded here: the engine lets its
     background threads finish then, so decode workers can be forked (cheap, no `__main__` guard).
+    A cache disk that refuses the entry (full, quota, read-only) is a warning, once per cache folder,
+    and the pixels are decoded into memory as with `cache_dir=None`; with `required` (building the
+    cache is the point) it is a `CacheWriteError` instead.
     """
     if num_workers is None:
         num_workers = min(8, available_cpus())
     shape = (len(source), 3, cfg.size, cfg.size)
     if cache_dir is None:
-        arr = np.empty(shape, dtype=np.uint8)
-        if before_decode is not None:
-            before_decode()
-        decode_all(source, cfg, arr, num_workers, progress)
-        return arr
+        return _decode_in_memory(source, cfg, shape, num_workers, progress, before_decode)
     entry = entry_dir(source, cfg, Path(cache_dir))
     final = entry / "pixels.npy"
     arr = _complete(final, shape)
     if arr is not None:
         return arr
     build = _entry_builder(source, cfg, entry, final, shape, num_workers, progress, before_decode)
-    return _build_once(entry, final, shape, build, progress)
+    try:
+        with _cache_writes(entry):
+            return _build_once(entry, final, shape, build, progress)
+    except CacheWriteError as e:
+        if required:
+            raise
+        err = e
+    WARNINGS.warn(log, f"cache-disk:{Path(cache_dir).resolve()}", "evalkit: warning: %s: cannot write the image "
+                  "cache (%s); running uncached: images are decoded into memory, again in every run. Free space "
+                  "there or point --cache-dir at another folder (--no-cache runs uncached without this warning).",
+                  err.filename, disk_problem(err))
+    return _decode_in_memory(source, cfg, shape, num_workers, progress, before_decode)
+
+
+def _decode_in_memory(source: ImageSource, cfg: PreprocessCfg, shape: tuple[int, ...], num_workers: int,
+                      progress: bool, before_decode: Callable[[], None] | None) -> np.ndarray:
+    arr = np.empty(shape, dtype=np.uint8)
+    if before_decode is not None:
+        before_decode()
+    decode_all(source, cfg, arr, num_workers, progress)
+    return arr
 
 
 def _entry_builder(source: ImageSource, cfg: PreprocessCfg, entry: Path, final: Path, shape: tuple[int, ...],
@@ -375,7 +485,7 @@ def _entry_builder(source: ImageSource, cfg: PreprocessCfg, entry: Path, final: 
         count = complete_pieces(entry, shape)
 
         def fill(tmp: Path) -> None:
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            arr = _reserved_memmap(tmp, shape)
             if count is not None:  # the same bytes a single build writes: same header, same pixels
                 start = 0
                 for i in range(count):
@@ -399,7 +509,11 @@ def _entry_builder(source: ImageSource, cfg: PreprocessCfg, entry: Path, final: 
                 "built_by": f"{HOST} pid {os.getpid()}"}
         if count is not None:
             meta["assembled_from"] = f"{count} pieces"
-        atomic_write_text(entry / "meta.json", json.dumps(meta, indent=1))
+        try:
+            atomic_write_text(entry / "meta.json", json.dumps(meta, indent=1))
+        except OSError:  # an entry without its meta.json is invisible to `cache ls` and `cache rm`: none at all
+            final.unlink(missing_ok=True)
+            raise
         if count is not None:  # the pieces are a second copy of the pixels (GBs for ImageNet)
             shutil.rmtree(entry / PIECES_DIR, ignore_errors=True)
 
@@ -412,7 +526,8 @@ def _entry_builder(source: ImageSource, cfg: PreprocessCfg, entry: Path, final: 
 def piece_bounds(total: int, index: int, count: int) -> tuple[int, int]:
     """Images [start, stop) of piece `index` of `count`: [i*N/n, (i+1)*N/n)."""
     if not 0 <= index < count:
-        raise ValueError(f"piece {index} of {count}: need 0 <= index < count")
+        raise UsageError(f"piece {index} of {count}: need 0 <= index < count (from --shard i/n, or RANK/WORLD_SIZE "
+                         "or SLURM_PROCID/SLURM_NTASKS in the environment)")
     return index * total // count, (index + 1) * total // count
 
 
@@ -470,19 +585,20 @@ def build_piece(source: ImageSource, cfg: PreprocessCfg, cache_dir: Path, shard:
     piece_shape = (stop - start, *shape[1:])
     if _complete(path, piece_shape) is not None:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path.parent)  # a killed piece builder's half-written pixels
     part = dataclasses.replace(source, ids=list(source.ids[start:stop]), opener=_Offset(source.opener, start),
                                targets=[], meta={}, classnames=None, templates=None)
 
     def fill(tmp: Path) -> None:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=piece_shape)
+        arr = _reserved_memmap(tmp, piece_shape)
         if len(part):
             decode_all(part, cfg, arr, num_workers, progress)
         arr.flush()
         del arr
 
-    return atomic_write(path, fill)
+    with _cache_writes(path.parent):  # a piece is the cache itself: a disk that refuses it is an error
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent)  # a killed piece builder's half-written pixels
+        return atomic_write(path, fill)
 
 
 def assemble(source: ImageSource, cfg: PreprocessCfg, cache_dir: Path, progress: bool = False) -> np.ndarray | None:
@@ -497,7 +613,8 @@ def assemble(source: ImageSource, cfg: PreprocessCfg, cache_dir: Path, progress:
     if complete_pieces(entry, shape) is None:
         return None
     build = _entry_builder(source, cfg, entry, final, shape, 0, progress, None)
-    return _build_once(entry, final, shape, build, progress)
+    with _cache_writes(entry):
+        return _build_once(entry, final, shape, build, progress)
 
 
 def host_batches(pixels: np.ndarray, batch_size: int, pin: bool = False, workers: int | None = None,

@@ -10,7 +10,7 @@ import re
 
 import torch
 
-from evalkit.errors import UserError
+from evalkit.errors import UsageError, UserError
 from evalkit.progress import WARNINGS
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ PRECISIONS = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float1
 def autocast_for(device: torch.device, precision: str):
     """fp32, or autocast in bf16 / fp16 (clip_benchmark's `--amp` on CUDA is fp16 autocast)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision '{precision}' (one of {', '.join(PRECISIONS)})")
+        raise UsageError(f"unknown precision '{precision}' (one of {', '.join(PRECISIONS)})")
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from evalkit.errors import UsageError
 from evalkit.fit.bootstrap import BootstrapResult, bootstrap_fit
 from evalkit.fit.compare import compare_groups, crossovers
 from evalkit.fit.forms import get_form
@@ -70,7 +71,7 @@ def fit_groups(points: pd.DataFrame, *, form: str = "saturation_both", frontier:
         try:
             res = fit_curve(fit_pts["x"].to_numpy(), fit_pts["y"].to_numpy(), form)
         except ValueError as exc:
-            raise ValueError(f"group {name!r}: {exc} (frontier {frontier!r}, {int(g['frontier'].sum())} "
+            raise UsageError(f"group {name!r}: {exc} (frontier {frontier!r}, {int(g['frontier'].sum())} "
                              "frontier points); try --frontier all or a higher --holdout-above") from exc
         boot = None
         if bootstrap > 0:

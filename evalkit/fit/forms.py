@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evalkit.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Form:
@@ -38,7 +40,7 @@ def get_form(name: str) -> Form:
     try:
         return FORMS[name]
     except KeyError:
-        raise ValueError(f"unknown form {name!r}; choose one of {', '.join(FORMS)}") from None
+        raise UsageError(f"unknown form {name!r}; choose one of {', '.join(FORMS)}") from None
 
 
 def evaluate(x: np.ndarray | float, a: float, b: float, c: float, d: float) -> np.ndarray:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from evalkit.errors import UsageError
+
 METHODS = ("bins", "nondominated", "all", "reference")
 _BIN_FLOP_UNIT = 1500.0  # the reference's bin-count constant: num_bins = int(log2(max x / 1500))
 
@@ -80,7 +82,7 @@ def select_frontier(x: np.ndarray, y: np.ndarray, method: str = "bins", *, num_b
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     if method not in METHODS:
-        raise ValueError(f"unknown frontier {method!r}; choose one of {', '.join(METHODS)}")
+        raise UsageError(f"unknown frontier {method!r}; choose one of {', '.join(METHODS)}")
     mask = np.zeros(len(x), dtype=bool)
     if len(x) == 0:
         return mask
@@ -91,7 +93,7 @@ def select_frontier(x: np.ndarray, y: np.ndarray, method: str = "bins", *, num_b
     if method == "reference" and reference_method == "naive":
         return _naive_reference(x, y)
     if method == "reference" and reference_method != "bin":
-        raise ValueError(f"unknown reference_method {reference_method!r}; use 'bin' or 'naive'")
+        raise UsageError(f"unknown reference_method {reference_method!r}; use 'bin' or 'naive'")
     order = reference_sort(x, y)
     xs, ys = x[order], y[order]
     picks = _bin_points(xs, ys, num_bins)

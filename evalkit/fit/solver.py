@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares
 
+from evalkit.errors import UsageError
 from evalkit.fit.forms import Form, evaluate, get_form
 
 _C_MIN = -10.0  # c is unbounded below in the reference; -10 is far past any plausible exponent
@@ -230,9 +231,9 @@ def fit_curve(x: np.ndarray, y: np.ndarray, form: str | Form = "saturation_both"
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError("x and y must be 1-d arrays of the same length")
     if len(x) < form.n_params:
-        raise ValueError(f"{form.name} needs at least {form.n_params} points, got {len(x)}")
+        raise UsageError(f"{form.name} needs at least {form.n_params} points, got {len(x)}")
     if np.any(x <= 0) or not np.all(np.isfinite(x)) or not np.all(np.isfinite(y)):
-        raise ValueError("x must be positive and finite, y finite")
+        raise UsageError("x must be positive and finite, y finite")
     prob = _Problem(x, y, form)
     lx_min, lx_max = np.log(x.min()), np.log(x.max())
     lnb_bounds = (lx_min - 40.0, lx_max + 40.0)

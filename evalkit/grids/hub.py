@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evalkit.errors import NotFound, UsageError
 from evalkit.grids import paper as pg
 from evalkit.grids.source import SOURCES, CheckpointSource, Layout, register_layout
 from evalkit.models.hub import HubUnavailable
@@ -57,7 +58,7 @@ def parse_grid_arg(arg: str) -> tuple[str, str | None]:
     body = source.value if source.kind == HF_HUB else arg
     repo, _, revision = body.partition("@")
     if not _REPO.match(repo) or (body.count("@") and not revision):
-        raise ValueError(f"--grid {arg}: expected hf-hub:ORG/REPO or hf-hub:ORG/REPO@REVISION "
+        raise UsageError(f"--grid {arg}: expected hf-hub:ORG/REPO or hf-hub:ORG/REPO@REVISION "
                          "(e.g. hf-hub:laion/scaling-laws-for-comparison).")
     return repo, revision or None
 
@@ -72,7 +73,7 @@ def parse_file_ref(ref: str) -> tuple[str, str | None, str]:
     head, sep, path = source.value.partition(":")
     repo, _, revision = head.partition("@")
     if source.kind != HF_HUB_FILE or not sep or not path or not _REPO.match(repo):
-        raise ValueError(f"{ref}: expected {FILE_PREFIX}ORG/REPO[@REVISION]:PATH")
+        raise UsageError(f"{ref}: expected {FILE_PREFIX}ORG/REPO[@REVISION]:PATH")
     return repo, revision or None, path
 
 
@@ -214,7 +215,7 @@ def specs_from_hub(arg: str, model: str | None = None, family: str | None = None
     grid = open_hub_grid(arg)
     by_run = _checkpoints_by_run(grid)
     if not by_run:
-        raise FileNotFoundError(
+        raise NotFound(
             f"{arg}: no checkpoints in the repo (commit {grid.commit}): expected <full_name>/epoch_N.pt files, as "
             "laion/scaling-laws-for-comparison has them.")
     table = None

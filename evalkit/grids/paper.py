@@ -30,7 +30,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from evalkit.errors import UserError
+from evalkit.errors import UsageError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def read_metadata(path: str | Path) -> MetadataTable:
     cols = [c for c in META_COLUMNS if c in names]
     id_col = "full_name" if "full_name" in names else "name" if "name" in names else None
     if id_col is None:
-        raise ValueError(f"{path}: a metadata table needs a `full_name` (or `name`) column; it has {sorted(names)}.")
+        raise UsageError(f"{path}: a metadata table needs a `full_name` (or `name`) column; it has {sorted(names)}.")
     frame = pq.read_table(path, columns=cols).to_pandas()
     runs: dict[str, dict[str, Any]] = {}
     for full_name, g in frame.groupby(id_col, sort=False):
@@ -310,13 +310,13 @@ def parse_where(text: str | dict | None) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         if "=" not in part:
-            raise ValueError(f"--where '{part}': expected key=value[|value...]; keys: {', '.join(WHERE_KEYS)}.")
+            raise UsageError(f"--where '{part}': expected key=value[|value...]; keys: {', '.join(WHERE_KEYS)}.")
         k, v = (s.strip() for s in part.split("=", 1))
         if k not in WHERE_KEYS:
-            raise ValueError(f"--where: unknown key '{k}'; keys: {', '.join(WHERE_KEYS)}.")
+            raise UsageError(f"--where: unknown key '{k}'; keys: {', '.join(WHERE_KEYS)}.")
         values = {x.strip() for x in v.split("|") if x.strip()}
         if not values:
-            raise ValueError(f"--where '{part}': no value for {k}.")
+            raise UsageError(f"--where '{part}': no value for {k}.")
         out.setdefault(k, set()).update(values)
     return out
 
@@ -333,9 +333,9 @@ def parse_epochs(text: str | None) -> str | set[int] | None:
     try:
         epochs = {int(x) for x in text.split(",") if x.strip()}
     except ValueError:
-        raise ValueError(f"--epochs '{text}': expected last, all, or epoch numbers like 1,5,10.") from None
+        raise UsageError(f"--epochs '{text}': expected last, all, or epoch numbers like 1,5,10.") from None
     if not epochs or min(epochs) < 0:
-        raise ValueError(f"--epochs '{text}': expected last, all, or epoch numbers like 1,5,10.")
+        raise UsageError(f"--epochs '{text}': expected last, all, or epoch numbers like 1,5,10.")
     return epochs
 
 

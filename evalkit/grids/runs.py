@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from evalkit.errors import NotFound, UsageError
 from evalkit.grids import paper as pg
 from evalkit.grids.source import Layout, register_layout
 from evalkit.models.spec import ModelSpec
@@ -58,7 +59,7 @@ def spec_for_checkpoint(path: str | Path, model: str | None = None, family: str 
     params = read_params(params_file) if params_file.is_file() else {}
     arch = model or params.get("model")
     if not arch:
-        raise ValueError(
+        raise UsageError(
             f"{path}: no architecture: {params_file} is missing or has no 'model:' line. Pass --model ARCH."
         )
     m = EPOCH_RE.search(path.name)
@@ -287,7 +288,7 @@ def _select_and_warn(specs: list[ModelSpec], warnings: dict[str, list[str]], whe
     n = len(specs)
     specs = select_specs(specs, where, epochs)
     if n and not specs:
-        raise FileNotFoundError(f"--where/--epochs select none of the {n} checkpoints found.")
+        raise NotFound(f"--where/--epochs select none of the {n} checkpoints found.")
     for run_dir in dict.fromkeys(s.extra.get("run_dir") for s in specs):
         for w in dict.fromkeys(warnings.get(run_dir or "", [])):
             log.warning("evalkit: warning: %s", w)
@@ -333,7 +334,7 @@ def select_specs(specs: list[ModelSpec], where: Any = None, epochs: Any = None) 
 def specs_from_glob(pattern: str, **kw) -> list[ModelSpec]:
     files = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True), key=_epoch_key)
     if not files:
-        raise FileNotFoundError(f"--checkpoints '{pattern}' matches no file.")
+        raise NotFound(f"--checkpoints '{pattern}' matches no file.")
     return specs_for_files(files, **kw)
 
 
@@ -344,7 +345,7 @@ def specs_from_run_dir(root: str | Path, **kw) -> list[ModelSpec]:
     files = sorted((str(p) for p in root.glob("**/epoch_*") if EPOCH_RE.search(p.name)
                     and not any(part.startswith(".") for part in p.relative_to(root).parts)), key=_epoch_key)
     if not files:
-        raise FileNotFoundError(
+        raise NotFound(
             f"{root}: no checkpoints (no */checkpoints/epoch_N.pt of an open_clip run or the paper's training "
             "logs, no <full_name>/epoch_N.pt of the paper's hub layout below it).")
     return specs_for_files(files, **kw)

@@ -4,6 +4,7 @@ way of naming checkpoints is a `Layout` of `LAYOUTS` (evalkit/grids/source.py)."
 
 from __future__ import annotations
 
+from evalkit.errors import UsageError
 from evalkit.grids.source import layout_for
 from evalkit.models.spec import ModelSpec
 
@@ -18,11 +19,11 @@ def model_specs(model: str | None = None, pretrained: str | None = None, *, chec
         if value:
             layout = layout_for(argument, value)
             if layout is None:
-                raise ValueError(f"--{argument.replace('_', '-')} {value}: no grid layout claims it")
+                raise UsageError(f"--{argument.replace('_', '-')} {value}: no grid layout claims it")
             return layout.specs(value, model=model, **kw)
     if not model:
-        raise ValueError("give a model (--model), checkpoints (--checkpoints), a folder of runs (--run-dir) or a grid (--grid)")
+        raise UsageError("give a model (--model), checkpoints (--checkpoints), a folder of runs (--run-dir) or a grid (--grid)")
     layout = layout_for("model", model)
     if layout is None:
-        raise ValueError(f"--model {model}: no layout claims it")
+        raise UsageError(f"--model {model}: no layout claims it")
     return layout.specs(model, pretrained=pretrained, **kw)

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from evalkit.errors import UsageError
 from evalkit.grids.source import Layout, register_layout
 from evalkit.models.configs import ModelNotFound
 from evalkit.models.source import CONFIG, parse_source
@@ -136,7 +137,7 @@ def _zoo_grid_specs(name: str, model: str | None = None, family: str | None = No
 def _model_specs(model: str, family: str | None = None, where: Any = None, epochs: Any = None,
                  pretrained: str | None = None) -> list[ModelSpec]:
     if where or epochs:
-        raise ValueError("--where/--epochs select among grid checkpoints (--checkpoints, --run-dir, --grid)")
+        raise UsageError("--where/--epochs select among grid checkpoints (--checkpoints, --run-dir, --grid)")
     spec = resolve_model_arg(model, pretrained)
     if family:
         spec.family = family

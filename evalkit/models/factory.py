@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from evalkit.errors import UsageError
 from evalkit.models import source as src
 from evalkit.models.checkpoint import CheckpointError, load_into, read_state_dict
 from evalkit.models.configs import ModelNotFound, get_arch_config, read_config_file
@@ -19,7 +20,7 @@ def _size(cfg: dict[str, Any]) -> int:
     size = cfg.get("vision_cfg", {}).get("image_size", 224)
     if isinstance(size, (list, tuple)):
         if size[0] != size[1]:
-            raise ValueError(f"non-square image_size {size} is not supported")
+            raise UsageError(f"non-square image_size {size} is not supported")
         size = size[0]
     return int(size)
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from evalkit.errors import UserError
+from evalkit.errors import NotFound, UserError
 
 WEIGHT_FILES = (
     "open_clip_model.safetensors",
@@ -43,7 +43,7 @@ def read_dir_layout(folder: Path) -> tuple[dict[str, Any], dict[str, Any], Path]
     """(model_cfg, preprocess_cfg, weights path) from a folder in the hf-hub layout."""
     cfg_path = folder / "open_clip_config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(
+        raise NotFound(
             f"{folder}: no open_clip_config.json. A local-dir: model needs open_clip_config.json "
             "({'model_cfg', 'preprocess_cfg'}) beside its weights."
         )
@@ -51,7 +51,7 @@ def read_dir_layout(folder: Path) -> tuple[dict[str, Any], dict[str, Any], Path]
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return data["model_cfg"], data.get("preprocess_cfg", {}), folder / name
-    raise FileNotFoundError(f"{folder}: no weights file (looked for {', '.join(WEIGHT_FILES)}).")
+    raise NotFound(f"{folder}: no weights file (looked for {', '.join(WEIGHT_FILES)}).")
 
 
 def _cache_dir() -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from evalkit.errors import UsageError
 from evalkit.models.source import parse_source
 
 PREPROCESS_KEYS = ("size", "mean", "std", "interpolation", "resize_mode")
@@ -17,30 +18,30 @@ def check_preprocess(value: Any, where: str) -> dict[str, Any]:
     """A `preprocess:` mapping validated and normalised (tuples of floats, int size); errors name `where`,
     the key and what is allowed."""
     if not isinstance(value, dict):
-        raise ValueError(f"{where}: preprocess must be a mapping with keys among {', '.join(PREPROCESS_KEYS)}.")
+        raise UsageError(f"{where}: preprocess must be a mapping with keys among {', '.join(PREPROCESS_KEYS)}.")
     out: dict[str, Any] = {}
     for key, v in value.items():
         if key not in PREPROCESS_KEYS:
-            raise ValueError(f"{where}: unknown preprocess key '{key}' (allowed: {', '.join(PREPROCESS_KEYS)}).")
+            raise UsageError(f"{where}: unknown preprocess key '{key}' (allowed: {', '.join(PREPROCESS_KEYS)}).")
         if v is None:
             continue
         if key in ("mean", "std"):
             if (not isinstance(v, (list, tuple)) or len(v) != 3
                     or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-                raise ValueError(f"{where}: preprocess {key} must be 3 numbers (R, G, B), got {v!r}.")
+                raise UsageError(f"{where}: preprocess {key} must be 3 numbers (R, G, B), got {v!r}.")
             if key == "std" and any(x <= 0 for x in v):
-                raise ValueError(f"{where}: preprocess std must be positive, got {v!r}.")
+                raise UsageError(f"{where}: preprocess std must be positive, got {v!r}.")
             out[key] = tuple(float(x) for x in v)
         elif key == "size":
             if isinstance(v, (list, tuple)) and len(v) == 2 and v[0] == v[1]:
                 v = v[0]
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{where}: preprocess size must be a positive integer (square images), got {v!r}.")
+                raise UsageError(f"{where}: preprocess size must be a positive integer (square images), got {v!r}.")
             out[key] = v
         else:
             allowed = INTERPOLATIONS if key == "interpolation" else RESIZE_MODES
             if v not in allowed:
-                raise ValueError(f"{where}: preprocess {key} must be one of {', '.join(allowed)}, got {v!r}.")
+                raise UsageError(f"{where}: preprocess {key} must be one of {', '.join(allowed)}, got {v!r}.")
             out[key] = v
     return out
 

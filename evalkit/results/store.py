@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.atomic import atomic_write, atomic_write_bytes, atomic_write_text, fsync_path, remove_stale_temps
-from evalkit.errors import UserError
+from evalkit.errors import NotFound, UserError
 from evalkit.results.schema import RESULT_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -252,5 +252,5 @@ def read_table(path: str | Path):
     if path.is_dir():
         path = path / "results.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no results table. Run `evalkit run ... --out DIR` or `evalkit collect DIR`.")
+        raise NotFound(f"{path}: no results table. Run `evalkit run ... --out DIR` or `evalkit collect DIR`.")
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)

@@ -17,7 +17,7 @@ import torch
 from evalkit.data.sources import ImageSource
 from evalkit.models.family import LoadedModel
 from evalkit.registry import Registry
-from evalkit.tasks.spec import TaskSpec
+from evalkit.tasks.spec import TaskError, TaskSpec
 
 # The built-in protocols, read in this one place; other packages add theirs through the entry-point
 # group `evalkit.protocols` (a module that calls `register_protocol`, or a TaskRunner subclass).
@@ -162,13 +162,13 @@ def open_task(spec: TaskSpec, root: Path | str) -> tuple[TaskSpec, ImageSource]:
         kind = dataset_type(Path(root))
         spec = replace(spec, type=f"zeroshot_{kind}")
         if spec.type not in protocols():
-            raise ValueError(f"{root}: dataset_type.txt says '{kind}', which evalkit has no protocol for")
+            raise TaskError(f"{root}: dataset_type.txt says '{kind}', which evalkit has no protocol for")
         proto = protocols()[spec.type]
         spec = replace(spec, metrics=list(proto.default_metrics), main_metric=proto.default_main_metric)
         if kind == "retrieval":
             spec = replace(spec, classnames=None, templates=None)
     if spec.type not in protocols():
-        raise ValueError(f"task {spec.name} ({spec.source}): unknown type '{spec.type}' (known: {', '.join(sorted(protocols()))})")
+        raise TaskError(f"task {spec.name} ({spec.source}): unknown type '{spec.type}' (known: {', '.join(sorted(protocols()))})")
     source = protocols()[spec.type].open_source(root, spec)
     if spec.classnames == "imagenet_subset":  # ImageNet-A/-R: the folder's classes named as in ImageNet-1k
         from evalkit.tasks.protocols.zeroshot_classification import imagenet_subset_names

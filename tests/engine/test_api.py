@@ -9,12 +9,13 @@ from _embedded import ensure_grid
 import evalkit
 from evalkit.cli import main
 from evalkit.embedded.paths import embedded_home
+from evalkit.errors import UsageError
 
 
 def test_evaluate_takes_a_run_folder_with_filters_like_the_cli(tmp_path):
     ensure_grid()
     runs = embedded_home() / "runs"
-    with pytest.raises(ValueError, match=r"--where/--epochs select among grid checkpoints"):  # a filter needs a grid
+    with pytest.raises(UsageError, match=r"--where/--epochs select among grid checkpoints"):  # a filter needs a grid
         evalkit.evaluate("tinyclip-S", ["shapes"], epochs="last", out=tmp_path / "none", device="cpu")
     pattern = str(runs / "tinyclip-S_s2k" / "checkpoints" / "epoch_*.pt")
     table = evalkit.evaluate(tasks=["shapes"], checkpoints=pattern, epochs="last", out=tmp_path / "api", device="cpu",

@@ -19,6 +19,7 @@ import pytest
 from _hub_server import HubServer
 from _util import REPO, TINY_S, save_training_checkpoint, tiny_clip
 
+from evalkit.errors import UsageError
 from evalkit.grids import hub as hub_grid
 
 HUB_TAIL = "_globalbs64_lr0.001_b1_0.9_b2_0.95_sched_cosine_warmup10_gpus1"
@@ -251,5 +252,5 @@ def test_references_and_bad_grid_arguments():
     assert hub_grid.parse_file_ref(ref) == ("org/repo", "v1.0", "run/epoch_3.pt")
     assert hub_grid.parse_file_ref("hf-hub-file:org/repo:a/epoch_1.pt") == ("org/repo", None, "a/epoch_1.pt")
     for bad in ("hf-hub:repo-without-org", "hf-hub:org/repo@", "hf-hub:a/b/c"):
-        with pytest.raises(ValueError, match="expected hf-hub:ORG/REPO"):
+        with pytest.raises(UsageError, match="expected hf-hub:ORG/REPO"):
             hub_grid.parse_grid_arg(bad)

@@ -14,6 +14,7 @@ from _embedded import DATA
 from _util import TINY_S, fixture_path, save_training_checkpoint, tiny_clip
 
 from evalkit.cli import build_parser, main
+from evalkit.errors import UsageError
 from evalkit.grids import paper as pg
 from evalkit.grids.runs import specs_from_glob, specs_from_run_dir
 
@@ -73,11 +74,11 @@ def test_hub_names_parse():
 def test_where_and_epochs_parsing():
     assert pg.parse_where("namespace=mammut|clip, samples_seen_scale_pretty=1.28B") == \
         {"namespace": {"mammut", "clip"}, "samples_seen_scale_pretty": {"1.28B"}}
-    with pytest.raises(ValueError, match="unknown key 'modle'.*keys: namespace, model_simple"):
+    with pytest.raises(UsageError, match="unknown key 'modle'.*keys: namespace, model_simple"):
         pg.parse_where("modle=ViT-B-32")
     assert pg.parse_epochs("all") is None and pg.parse_epochs("last") == "last"
     assert pg.parse_epochs("1,5,10") == {1, 5, 10}
-    with pytest.raises(ValueError, match="last, all"):
+    with pytest.raises(UsageError, match="last, all"):
         pg.parse_epochs("final")
 
 
@@ -168,7 +169,7 @@ def test_where_and_epochs_select(hub_root):
         [f"{CLIP_RUN}/epoch_1"]
     assert len(_specs_cli("--run-dir", str(hub_root))) == 7  # default: all epochs, no epoch_latest
     assert len(_specs_cli("--checkpoints", str(hub_root / "*" / "epoch_*.pt"))) == 7  # the glob matches epoch_latest.pt
-    with pytest.raises(ValueError, match="unknown key 'size'; keys: namespace"):
+    with pytest.raises(UsageError, match="unknown key 'size'; keys: namespace"):
         _specs_cli("--run-dir", str(hub_root), "--where", "size=B")
 
 

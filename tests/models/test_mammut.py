@@ -15,6 +15,7 @@ import pytest
 import torch
 from _util import fixture_path
 
+from evalkit.errors import UsageError
 from evalkit.models.checkpoint import CheckpointError, _torch_load, load_into, read_state_dict
 from evalkit.models.families.mammut import MaMMUT, MaMMUTFamily
 from evalkit.models.family import FAMILIES, family_for
@@ -291,7 +292,7 @@ def test_prepare_state_dict_scalar_and_grid() -> None:
 
 def test_bad_configs_refused() -> None:
     cfg = _micro_cfg()
-    with pytest.raises(ValueError, match="embed_dim"):
+    with pytest.raises(UsageError, match="embed_dim"):
         MaMMUT(dict(cfg, embed_dim=16))
     with pytest.raises(NotImplementedError, match="does_full_decoding"):
         MaMMUT(dict(cfg, text_cfg=dict(cfg["text_cfg"], does_full_decoding=False)))

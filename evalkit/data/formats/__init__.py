@@ -1,9 +1,9 @@
 """On-disk dataset formats, one module each, found through the `FORMATS` registry.
 
-A format module registers a `Format`: the kind of task data it holds (`classification` today; the
-retrieval and segmentation readers keep their own detection in captions.py / segmentation.py), how to
-recognise a folder in it, and how to read a split. `open_classification` (evalkit/data/open.py) asks
-the formats in priority order; a new layout is one module plus one line in `FORMAT_MODULES` (or an
+A format module registers a `Format`: the kind of task data it holds (`classification`, `retrieval`,
+`segmentation`), how to recognise a folder in it, and how to read a split. `open_classification`,
+`open_retrieval` and `open_segmentation` (through evalkit/data/open.py) ask the formats of their kind
+in priority order; a new layout is one module plus one line in `FORMAT_MODULES` (or an
 `evalkit.formats` entry point of another package).
 """
 
@@ -16,7 +16,8 @@ from typing import Any
 
 from evalkit.registry import Registry
 
-FORMAT_MODULES = ("evalkit.data.formats.wds", "evalkit.data.formats.hf", "evalkit.data.formats.folder")
+FORMAT_MODULES = ("evalkit.data.formats.wds", "evalkit.data.formats.hf", "evalkit.data.formats.folder",
+                  "evalkit.data.formats.captions", "evalkit.data.formats.segmentation")
 
 
 @dataclass(frozen=True)

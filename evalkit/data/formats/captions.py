@@ -28,17 +28,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from evalkit.data.formats import Format, register_format
 from evalkit.data.formats.folder import PathOpener
 from evalkit.data.formats.hf import is_hf_folder, read_hf
 from evalkit.data.formats.wds import dataset_type, is_wds, read_wds
+from evalkit.data.open import layouts, read_detected
 from evalkit.data.sources import DataError, ImageSource, fingerprint_files
 
-RETRIEVAL_LAYOUTS = (
-    "clip_benchmark's COCO layout (<root>/coco_<split>_karpathy.json + <root>/val2014/), its Flickr layout "
-    "(<root>/flickr30k_<split>_karpathy.txt + the images in <root>/), a clip_benchmark webdataset folder "
-    "(<root>/test/nshards.txt, <root>/test/0.tar, dataset_type.txt = retrieval), or a Hugging Face datasets "
-    "folder with a captions column"
-)
 FLICKR_NAMES = ("flickr30k", "flickr8k")
 
 
@@ -190,12 +186,13 @@ def check_captions(source: ImageSource) -> ImageSource:
 
 def open_retrieval(root: Path | str, split: str = "test", wds_split: str = "test",
                    annotation: str | Path | None = None) -> ImageSource:
-    """A retrieval split from `root`, format detected from the layout (or from `annotation`'s suffix)."""
+    """A retrieval split from `root`: with `annotation`, that COCO JSON or Flickr txt; else the first
+    registered retrieval format (by priority) that recognises the folder."""
     if isinstance(root, str) and root.startswith("hf:"):
         return check_captions(read_hf(root, split, kind="retrieval"))
     root = Path(root)
     if not root.exists():
-        raise DataError(f"{root}: data root does not exist. Expected {RETRIEVAL_LAYOUTS}.")
+        raise DataError(f"{root}: data root does not exist. Expected {layouts('retrieval')}.")
     if annotation is not None:
         ann = Path(annotation)
         ann = ann if ann.is_absolute() else root / ann
@@ -204,25 +201,24 @@ def open_retrieval(root: Path | str, split: str = "test", wds_split: str = "test
         if ann.suffix == ".json":
             return read_coco_captions(root, split, ann)
         return read_flickr_captions(root, split, ann)
-    if (root / f"coco_{split}_karpathy.json").is_file():
-        return read_coco_captions(root, split)
-    if _flickr_annotation(root, split) is not None:
-        return read_flickr_captions(root, split)
-    for s in dict.fromkeys((split, wds_split)):
-        if is_wds(root, s):
-            kind = dataset_type(root)
-            if kind != "retrieval":
-                said = (f"{root / 'dataset_type.txt'}: says '{kind}'" if (root / "dataset_type.txt").is_file()
-                        else f"{root}: no dataset_type.txt, so a '{kind}' webdataset (clip_benchmark's default)")
-                raise DataError(f"{said}, but this task needs a retrieval folder: dataset_type.txt = retrieval and "
-                                "<key>.txt captions (one per line) next to each image.")
-            return check_captions(read_wds(root, s))
-    if is_hf_folder(root):
-        return check_captions(read_hf(str(root), split, kind="retrieval"))
+    source = read_detected("retrieval", root, split, wds_split)
+    if source is not None:
+        return source
     missing = _missing_annotation(root, split)
     if missing:
         raise DataError(missing)
-    raise DataError(f"{root}: unrecognised layout for split '{split}'. Expected {RETRIEVAL_LAYOUTS}.")
+    raise DataError(f"{root}: unrecognised layout for split '{split}'. Expected {layouts('retrieval')}.")
+
+
+def _read_wds_retrieval(root: Path, split: str, wds_split: str) -> ImageSource:
+    s = split if is_wds(root, split) else wds_split
+    kind = dataset_type(root)
+    if kind != "retrieval":
+        said = (f"{root / 'dataset_type.txt'}: says '{kind}'" if (root / "dataset_type.txt").is_file()
+                else f"{root}: no dataset_type.txt, so a '{kind}' webdataset (clip_benchmark's default)")
+        raise DataError(f"{said}, but this task needs a retrieval folder: dataset_type.txt = retrieval and "
+                        "<key>.txt captions (one per line) next to each image.")
+    return check_captions(read_wds(root, s))
 
 
 def _missing_annotation(root: Path, split: str) -> str | None:
@@ -240,3 +236,20 @@ def _missing_annotation(root: Path, split: str) -> str | None:
                 f"{FLICKR_NAMES[1]}_{split}_karpathy.txt){found}. clip_benchmark's Flickr layout needs it next to "
                 "the images: a header line, then IMAGE.jpg,CAPTION lines.")
     return None
+
+
+# The retrieval layouts, asked in this order (the local layouts first: their annotation file is explicit).
+register_format(Format("coco-captions", "retrieval", lambda root, split, _: (root / f"coco_{split}_karpathy.json").is_file(),
+                       lambda root, split, _: read_coco_captions(root, split),
+                       "clip_benchmark's COCO layout (<root>/coco_<split>_karpathy.json + <root>/val2014/)", priority=40))
+register_format(Format("flickr-captions", "retrieval", lambda root, split, _: _flickr_annotation(root, split) is not None,
+                       lambda root, split, _: read_flickr_captions(root, split),
+                       "clip_benchmark's Flickr layout (<root>/flickr30k_<split>_karpathy.txt + the images in <root>/)",
+                       priority=30))
+register_format(Format("wds-retrieval", "retrieval",
+                       lambda root, split, wds_split: is_wds(root, split) or is_wds(root, wds_split), _read_wds_retrieval,
+                       "a clip_benchmark webdataset folder (<root>/test/nshards.txt, <root>/test/0.tar, "
+                       "dataset_type.txt = retrieval)", priority=20))
+register_format(Format("hf-retrieval", "retrieval", lambda root, split, _: is_hf_folder(root),
+                       lambda root, split, _: check_captions(read_hf(str(root), split, kind="retrieval")),
+                       "a Hugging Face datasets folder with a captions column", priority=10))

@@ -23,9 +23,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from evalkit.data.formats import Format, register_format
 from evalkit.data.formats.folder import PathOpener
+from evalkit.data.formats.hf import is_hf_folder
+from evalkit.data.open import layouts, read_detected
 from evalkit.data.preprocess import PreprocessCfg, pixel_transform
 from evalkit.data.sources import DataError, ImageSource, fingerprint_files
+from evalkit.errors import UsageError
 
 IGNORE_LABEL = 255  # reduced label maps are uint8: 0..C-1 = classes, 255 = ignore
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -139,26 +143,31 @@ def read_hf_segmentation(root: str, split: str = "validation") -> ImageSource:
 
 
 def open_segmentation(root: Path | str, split: str = "validation") -> ImageSource:
-    """A segmentation split from `root`, format detected from the layout."""
-    from evalkit.data.formats.hf import is_hf_folder
-
+    """A segmentation split from `root`: the first registered segmentation format (by priority) that
+    recognises the folder."""
     if isinstance(root, str) and root.startswith("hf:"):
         return read_hf_segmentation(root, split)
     root = Path(root)
     if not root.exists():
-        raise DataError(f"{root}: data root does not exist. Expected {ADE_LAYOUT} or a Hugging Face datasets folder.")
-    if ade_base(root) is not None:
-        return read_ade20k(root, split)
-    if is_hf_folder(root):
-        return read_hf_segmentation(str(root), split)
+        raise DataError(f"{root}: data root does not exist. Expected {layouts('segmentation')}.")
+    source = read_detected("segmentation", root, split)
+    if source is not None:
+        return source
     for base in (root, root / "ADEChallengeData2016"):
         have = [d for d in ("images", "annotations") if (base / d).is_dir()]
         if len(have) == 1:
             lacking = "annotations" if have == ["images"] else "images"
             raise DataError(f"{base}: has {have[0]}/ but no {lacking}/ folder. Expected {ADE_LAYOUT}: every "
                             "images/<split>/X.jpg needs its label map annotations/<split>/X.png.")
-    raise DataError(f"{root}: unrecognised layout. Expected {ADE_LAYOUT} or a Hugging Face datasets folder "
-                    "(save_to_disk or parquet) with image and annotation columns.")
+    raise DataError(f"{root}: unrecognised layout. Expected {layouts('segmentation')}.")
+
+
+register_format(Format("ade20k", "segmentation", lambda root, split, _: ade_base(root) is not None,
+                       lambda root, split, _: read_ade20k(root, split), ADE_LAYOUT, priority=20))
+register_format(Format("hf-segmentation", "segmentation", lambda root, split, _: is_hf_folder(root),
+                       lambda root, split, _: read_hf_segmentation(str(root), split),
+                       "a Hugging Face datasets folder (save_to_disk or parquet) with image and annotation columns",
+                       priority=10))
 
 
 # ------------------------------------------------------------------------------------------ label maps
@@ -234,7 +243,7 @@ def load_label_maps(source: ImageSource, cfg: PreprocessCfg, num_classes: int,
     geometry), so a grid decodes each annotation once per geometry, like the image cache does.
     """
     if num_classes > 254:
-        raise ValueError(f"{num_classes} classes do not fit uint8 label maps (at most 254)")
+        raise UsageError(f"{num_classes} classes do not fit uint8 label maps (at most 254)")
     idx = list(range(len(source))) if indices is None else list(indices)
     key = hashlib.sha1(f"{source.fingerprint}|{len(source)}|{cfg.pixel_key}|{num_classes}|{idx}".encode()).hexdigest()
     if key in _LABEL_CACHE:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evalkit.errors import UsageError
 from evalkit.models.checkpoint import CheckpointError
 from evalkit.models.family import ModelFamily, register_family
 
@@ -188,11 +189,11 @@ class TextDecoder(nn.Module):
         self.context_length = int(cfg.get("context_length", 77))
         n_cross = layers // ratio
         if n_cross < 1:
-            raise ValueError(f"MaMMUT text tower: cross_attn_ratio {ratio} > layers {layers}")
+            raise UsageError(f"MaMMUT text tower: cross_attn_ratio {ratio} > layers {layers}")
         self.cross_step = layers // n_cross
         cross_at = [i for i in range(layers) if i % self.cross_step == 0]
         if len(cross_at) != n_cross:  # the fork asserts the same
-            raise ValueError(f"MaMMUT text tower: layers {layers} / cross_attn_ratio {ratio} gives uneven cross-attn")
+            raise UsageError(f"MaMMUT text tower: layers {layers} / cross_attn_ratio {ratio} gives uneven cross-attn")
 
         # mlp_ratio is not forwarded to the decoder by the fork: always 4 (spec §4, quirk 2).
         self.resblocks = nn.ModuleList(
@@ -235,7 +236,7 @@ class MaMMUT(nn.Module):
         text_width = int(text_cfg.get("width", 512))
         if embed_dim != text_width:
             # The text feature is the un-projected mean hidden state, so the two towers only meet here.
-            raise ValueError(f"MaMMUT needs embed_dim == text_cfg.width, got {embed_dim} vs {text_width}")
+            raise UsageError(f"MaMMUT needs embed_dim == text_cfg.width, got {embed_dim} vs {text_width}")
         act: Callable[[], nn.Module] = QuickGELU if cfg.get("quick_gelu", False) else nn.GELU
         self.context_length = int(text_cfg.get("context_length", 77))
         self.pad_id = 0

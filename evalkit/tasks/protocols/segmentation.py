@@ -185,7 +185,7 @@ class Segmentation(TaskRunner):
         from evalkit.tasks.protocols.zeroshot_classification import build_classifier
 
         if not self.spec.classnames or not self.spec.templates:
-            raise ValueError(f"task {self.spec.name}: zero-shot segmentation needs classnames and templates")
+            raise TaskError(f"task {self.spec.name}: zero-shot segmentation needs classnames and templates")
         self.classifier = build_classifier(lm, list(self.spec.classnames), list(self.spec.templates), ctx)
         # one blank image through the dense path: a tower without one fails this unit here, not the
         # image pass it would share with other tasks

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from evalkit.data.sources import DataError, ImageSource
 from evalkit.models.family import LoadedModel
 from evalkit.tasks.base import RunContext, TaskResult, TaskRunner, register_protocol
-from evalkit.tasks.spec import TaskSpec
+from evalkit.tasks.spec import TaskError, TaskSpec
 from evalkit.tasks.text import encode_texts
 
 WNID = re.compile(r"^n\d{8}$")
@@ -174,10 +174,10 @@ class ZeroShotClassification(TaskRunner):
 
     def prepare(self, lm: LoadedModel, ctx: RunContext) -> None:
         if not self.spec.classnames or not self.spec.templates:
-            raise ValueError(f"task {self.spec.name}: classnames and templates are required")
+            raise TaskError(f"task {self.spec.name}: classnames and templates are required")
         n_targets = int(max(self.source.targets)) + 1
         if n_targets > len(self.spec.classnames):
-            raise ValueError(
+            raise TaskError(
                 f"task {self.spec.name}: data in {self.source.name} has class ids up to {n_targets - 1} "
                 f"but the task has {len(self.spec.classnames)} classnames"
             )

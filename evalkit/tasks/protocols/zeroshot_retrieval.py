@@ -23,7 +23,7 @@ import torch
 from evalkit.data.sources import DataError, ImageSource
 from evalkit.models.family import LoadedModel
 from evalkit.tasks.base import RunContext, TaskResult, TaskRunner, register_protocol
-from evalkit.tasks.spec import TaskSpec
+from evalkit.tasks.spec import TaskError, TaskSpec
 from evalkit.tasks.text import encode_texts
 
 RECALL_K = (1, 5, 10)
@@ -165,8 +165,8 @@ class ZeroShotRetrieval(TaskRunner):
     def prepare(self, lm: LoadedModel, ctx: RunContext) -> None:
         captions = list(self.source.targets)
         if not captions or not all(isinstance(c, list) and c for c in captions):
-            raise ValueError(f"task {self.spec.name}: {self.source.name} is not a retrieval source "
-                             "(every image needs a non-empty list of captions)")
+            raise TaskError(f"task {self.spec.name}: {self.source.name} is not a retrieval source "
+                            "(every image needs a non-empty list of captions)")
         self.texts = [t for caps in captions for t in caps]
         self.text_image = torch.tensor([i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long)
         self.text_features = encode_texts(lm, self.texts, ctx)
