@@ -45,6 +45,9 @@ READOUTS: dict[str, Callable[[LoadedModel, torch.Tensor], torch.Tensor]] = {
     "image_features": lambda lm, images: lm.encode_image(images),
     "patch_tokens": lambda lm, images: lm.image_patch_tokens(images),
     "dense_features": lambda lm, images: lm.image_dense_features(images),
+    # the captioning decoder's image context [B, N, D] (MaMMUT, CoCa, cap): generative protocols
+    # score their token sequences against it with `lm.caption_scores` / `lm.caption_log_likelihood`
+    "caption_context": lambda lm, images: lm.caption_context(images),
 }
 
 
