@@ -128,6 +128,13 @@ class TaskRunner:
     Options: ClassVar[type] = NoOptions
 
     @classmethod
+    def heads(cls, spec: TaskSpec) -> frozenset[str]:
+        """Which heads of a model the task reads: "contrastive" (image/text embeddings in one space)
+        and/or "captioner" (the decoder). The plan leaves out units whose model lacks one (a `cap`
+        checkpoint has no contrastive head); default: the contrastive head."""
+        return frozenset({"contrastive"})
+
+    @classmethod
     def check_options(cls, spec: TaskSpec) -> None:
         """Refuse option values the protocol cannot run (a `TaskError` naming the file)."""
 
