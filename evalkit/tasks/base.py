@@ -45,6 +45,9 @@ READOUTS: dict[str, Callable[[LoadedModel, torch.Tensor], torch.Tensor]] = {
     "image_features": lambda lm, images: lm.encode_image(images),
     "patch_tokens": lambda lm, images: lm.image_patch_tokens(images),
     "dense_features": lambda lm, images: lm.image_dense_features(images),
+    # the captioning decoder's image context [B, N, D] (MaMMUT, CoCa, cap): generative protocols
+    # score their token sequences against it with `lm.caption_scores` / `lm.caption_log_likelihood`
+    "caption_context": lambda lm, images: lm.caption_context(images),
 }
 
 
@@ -123,6 +126,13 @@ class TaskRunner:
     # The task-file keys it takes beyond the common ones, with types and defaults: the registry refuses
     # unknown keys and wrong types and fills in the defaults, so they are part of the task hash.
     Options: ClassVar[type] = NoOptions
+
+    @classmethod
+    def heads(cls, spec: TaskSpec) -> frozenset[str]:
+        """Which heads of a model the task reads: "contrastive" (image/text embeddings in one space)
+        and/or "captioner" (the decoder). The plan leaves out units whose model lacks one (a `cap`
+        checkpoint has no contrastive head); default: the contrastive head."""
+        return frozenset({"contrastive"})
 
     @classmethod
     def check_options(cls, spec: TaskSpec) -> None:
