@@ -28,6 +28,12 @@ def coco_items() -> list[tuple[Path, list[str]]]:
     return [(COCO / "val2014" / img["file_name"], caps[img["id"]]) for img in sorted(data["images"], key=lambda x: x["id"])]
 
 
+def like(caption: str, others: list[str]) -> str:
+    """The one of `others` closest in word count to `caption`: SugarCrepe's negatives and Winoground's
+    pairs are as long as their positives, so a decoder's score is not just a length contest."""
+    return min(others, key=lambda o: (abs(len(o.split()) - len(caption.split())), others.index(o)))
+
+
 def make_sugar_crepe(root: Path, n: int = 12, subsets: tuple[str, ...] = SUGAR_CREPE_SUBSETS) -> Path:
     """`root/val2017/*.jpg` + `root/<subset>.json` per subset: n items each, keys not contiguous, some
     items sharing an image (as SugarCrepe's do), the negative caption another image's caption."""
@@ -42,19 +48,19 @@ def make_sugar_crepe(root: Path, n: int = 12, subsets: tuple[str, ...] = SUGAR_C
             name = f"{int(img.stem.rsplit('_', 1)[1]):012d}.jpg"
             if not (root / "val2017" / name).is_file():
                 shutil.copyfile(img, root / "val2017" / name)
-            ann[str(5 * k + s)] = {"filename": name, "caption": caps[k % len(caps)],
-                                   "negative_caption": other[(k + s) % len(other)]}
+            caption = caps[k % len(caps)]
+            ann[str(5 * k + s)] = {"filename": name, "caption": caption, "negative_caption": like(caption, other)}
         (root / f"{subset}.json").write_text(json.dumps(ann, indent=1))
     return root
 
 
 def winoground_rows(n: int = 10) -> list[dict]:
-    """n Winoground-shaped examples: two images, each with one of its own captions."""
+    """n Winoground-shaped examples: two images, each with one of its own captions, of similar lengths."""
     items = coco_items()
     rows = []
     for i in range(n):
         (a, ca), (b, cb) = items[2 * i], items[2 * i + 1]
-        rows.append({"id": i, "image_0": a, "image_1": b, "caption_0": ca[i % len(ca)], "caption_1": cb[(i + 1) % len(cb)],
+        rows.append({"id": i, "image_0": a, "image_1": b, "caption_0": ca[i % len(ca)], "caption_1": like(ca[i % len(ca)], cb),
                      "tag": "Object", "secondary_tag": "", "num_main_preds": 1, "collapsed_tag": "Object"})
     return rows
 

@@ -112,10 +112,26 @@ def check_selection_options(cls: type[TaskRunner], spec: TaskSpec) -> None:
         raise TaskError(f"{spec.source}: `subset:` picks a SugarCrepe file; a winoground task has none.")
 
 
+def truncated_captions(captions: list[str], context_length: int = 77) -> int:
+    """Captions longer than CLIP's tokenizer context (cut as the tokenizer cuts them, EOT last). Only a
+    caption of more than `context_length - 2` characters can be: a BPE token covers at least one."""
+    long = sorted({c for c in captions if len(c) > context_length - 2})
+    if not long:
+        return 0
+    import open_clip
+
+    toks = open_clip.SimpleTokenizer(context_length=context_length)(long)
+    return int((toks[:, -1] != 0).sum())
+
+
 def open_selection_source(root: Path | str, spec: TaskSpec) -> ImageSource:
+    """The task's instances; how many distinct captions CLIP's tokenizer cuts joins the resolved task."""
     from evalkit.data.formats.selection import open_selection
 
-    return open_selection(root, split=spec.split, subset=spec.options.get("subset"))
+    source = open_selection(root, split=spec.split, subset=spec.options.get("subset"))
+    cut = truncated_captions([c for inst in source.targets for c in inst.captions])
+    source.meta["task_data"] = {**source.meta.get("task_data", {}), "captions_truncated_at_77": cut}
+    return source
 
 
 def validate_selection(spec: TaskSpec, source: ImageSource) -> None:
