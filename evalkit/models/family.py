@@ -110,7 +110,7 @@ class LoadedModel:
             self.__dict__["_caption_decoder"] = self.family_cls.caption_decoder(self.model)
         return self.__dict__["_caption_decoder"]
 
-    def _decoder(self) -> CaptionDecoder:
+    def require_captioner(self) -> CaptionDecoder:
         dec = self.caption_decoder
         if dec is None:
             raise NoCaptioner(f"{self.arch} (family {self.family}) has no captioning decoder: generative tasks "
@@ -120,7 +120,7 @@ class LoadedModel:
 
     def caption_context(self, images: torch.Tensor) -> torch.Tensor:
         """The decoder's image context [B, N, D] (what its cross-attention reads), once per image batch."""
-        self._decoder()
+        self.require_captioner()
         return self.family_cls.caption_context(self.model, images)
 
     def caption_scores(self, context: torch.Tensor, tokens: torch.Tensor | SequencePlan,
@@ -132,27 +132,27 @@ class LoadedModel:
         decoder `prompt_batch_size` at a time, all images of the batch at once."""
         from evalkit.models.decoding import sequence_scores
 
-        return sequence_scores(self._decoder(), context, tokens, prompt_batch_size)
+        return sequence_scores(self.require_captioner(), context, tokens, prompt_batch_size)
 
     def caption_log_likelihood(self, context: torch.Tensor, tokens: torch.Tensor,
                                batch_size: int | None = None) -> torch.Tensor:
         """log p(tokens[i] | image i) [B] for aligned pairs (context [B, N, D], tokens [B, L])."""
         from evalkit.models.decoding import aligned_scores
 
-        return aligned_scores(self._decoder(), context, tokens, batch_size)
+        return aligned_scores(self.require_captioner(), context, tokens, batch_size)
 
     def caption_prior(self, tokens: torch.Tensor, prompt_batch_size: int | None = None) -> torch.Tensor:
         """The clip_benchmark branch's image-free prior of each sequence [P] (its normalisation; see
         `decoding.prior_scores` for the fork's quirk: no causal mask without an image)."""
         from evalkit.models.decoding import prior_scores
 
-        return prior_scores(self._decoder(), tokens, prompt_batch_size)
+        return prior_scores(self.require_captioner(), tokens, prompt_batch_size)
 
     def plan_sequences(self, tokens: torch.Tensor, prompt_batch_size: int | None = None) -> SequencePlan:
         """Sort and chunk token sequences once for many `caption_scores` calls."""
         from evalkit.models.decoding import plan_sequences
 
-        return plan_sequences(tokens, prompt_batch_size, self._decoder().pad_id)
+        return plan_sequences(tokens, prompt_batch_size, self.require_captioner().pad_id)
 
 
 class ModelFamily:
