@@ -32,6 +32,7 @@ from evalkit.engine.plan import (
     Unit,
     assign_shards,
     checkpoint_cost,
+    leave_out_headless,
     plan,
     resolve_tasks,
     shard_from_env,
@@ -114,6 +115,9 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
         if td.source is not None:
             store.write_task(td.spec)
     units = plan(specs, [td.spec for td in opened.values()], precision)
+    units, left_out = leave_out_headless(units)
+    for why, n in left_out.items():
+        log.warning("evalkit: %d unit%s not planned: %s (generative tasks only)", n, "s" * (n != 1), why)
     shard = opts.shard or shard_from_env()
     if shard is not None:
         units = assign_shards(units, shard[1], checkpoint_cost)[shard[0]]

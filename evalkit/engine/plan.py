@@ -62,6 +62,26 @@ def plan(specs: list[ModelSpec], tasks: list[TaskSpec], precision: str = "fp32")
     return list(units.values())
 
 
+def leave_out_headless(units: list[Unit]) -> tuple[list[Unit], dict[str, int]]:
+    """The units whose model family lacks a head the task reads (a contrastive task on a `cap`
+    checkpoint, trained without the contrastive loss) are not planned: never a failed unit, never a
+    meaningless number. Returns the kept units and, per reason, how many were left out."""
+    from evalkit.models.family import families
+    from evalkit.tasks.base import protocols
+
+    fams, protos = families(), protocols()
+    kept, left = [], {}
+    for u in units:
+        fam = fams.get(u.spec.family) if u.spec.family else None
+        proto = protos.get(u.task.type) if u.task.type in protos else None
+        if fam is not None and proto is not None and not fam.has_contrastive and "contrastive" in proto.heads(u.task):
+            why = f"{u.task.type} reads the contrastive head, which family {fam.name} has none of"
+            left[why] = left.get(why, 0) + 1
+        else:
+            kept.append(u)
+    return kept, left
+
+
 @contextlib.contextmanager
 def _gc_paused():
     import gc

@@ -122,10 +122,6 @@ def _arch_problem(arch: str) -> str | None:
 
 def _unsupported(info: pg.RunInfo) -> str | None:
     """Why a parsed run cannot be evaluated by evalkit, or None."""
-    if info.namespace == "cap":
-        return (f"{info.run}: namespace 'cap' (captioning-only MaMMUT, no contrastive loss) is not supported: "
-                "zero-shot evaluation needs contrastive image/text embeddings; the paper scores these runs by "
-                "caption log-likelihood, which evalkit does not implement.")
     problem = _arch_problem(info.arch)
     if problem is None:
         return None
@@ -138,7 +134,8 @@ def _unsupported(info: pg.RunInfo) -> str | None:
             "open_clip's. Pass --model ARCH (or a config JSON) to evaluate it anyway.")
 
 
-_FAMILY_OF = {"clip": "clip", "mammut": "mammut", "siglip": "clip", "coca": "clip"}
+# cap: MaMMUT's architecture and keys, captioning loss only (its contrastive tasks are not planned)
+_FAMILY_OF = {"clip": "clip", "mammut": "mammut", "cap": "cap", "siglip": "clip", "coca": "clip"}
 
 
 def _metadata_for(root: Path) -> pg.MetadataTable | None:

@@ -13,12 +13,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from evalkit.data.preprocess import PreprocessCfg
+from evalkit.errors import UserError
 from evalkit.registry import Registry
+
+if TYPE_CHECKING:
+    from evalkit.models.decoding import CaptionDecoder, SequencePlan
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,14 @@ FAMILY_MODULES: tuple[str, ...] = ("evalkit.models.families.clip", "evalkit.mode
 # Installed packages add families through entry points of this group; each names a module (importing it
 # registers its families) or a `ModelFamily` subclass (registered as it is).
 ENTRY_POINT_GROUP = "evalkit.families"
+
+
+class NoCaptioner(UserError, ValueError):
+    """A generative task on a model without a captioning decoder (CLIP, SigLIP)."""
+
+
+class NoContrastiveHead(UserError, ValueError):
+    """A contrastive readout of a model trained without the contrastive loss (`cap`)."""
 
 
 @dataclass
@@ -51,14 +63,17 @@ class LoadedModel:
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised image features [B, E]."""
+        self._contrastive()
         return self.family_cls.encode_image(self.model, images)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Normalised text features [B, E]."""
+        self._contrastive()
         return self.family_cls.encode_text(self.model, tokens)
 
     def encode_prompts(self, tokens: torch.Tensor) -> torch.Tensor:
         """Like `encode_text`, but a family may skip work that cannot change the result (see clip.py)."""
+        self._contrastive()
         return self.family_cls.encode_text_prefix(self.model, tokens)
 
     def image_patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -67,7 +82,77 @@ class LoadedModel:
 
     def image_dense_features(self, images: torch.Tensor) -> torch.Tensor:
         """Per-patch features [B, N, E] in the joint image-text space, unnormalised (zero-shot segmentation)."""
+        self._contrastive()
         return self.family_cls.image_dense_features(self.model, images)
+
+    def _contrastive(self) -> None:
+        if not self.family_cls.has_contrastive:
+            raise NoContrastiveHead(f"{self.arch} (family {self.family}) was trained without the contrastive loss, so "
+                                    "its image/text embeddings mean nothing: it runs the generative tasks only "
+                                    "(generative_zeroshot_classification, generative_image_caption_selection, losses).")
+
+    # -- the captioning decoder (generative protocols; evalkit/models/decoding.py) --------------------
+
+    @property
+    def has_contrastive(self) -> bool:
+        """Whether the model has a contrastive head (image/text embeddings in one space); `cap` has none."""
+        return self.family_cls.has_contrastive
+
+    @property
+    def has_captioner(self) -> bool:
+        """Whether the model has a captioning decoder (MaMMUT, CoCa, cap)."""
+        return self.caption_decoder is not None
+
+    @property
+    def caption_decoder(self) -> CaptionDecoder | None:
+        """The family's decoder as `decoding` reads it (built once per loaded model), or None."""
+        if "_caption_decoder" not in self.__dict__:
+            self.__dict__["_caption_decoder"] = self.family_cls.caption_decoder(self.model)
+        return self.__dict__["_caption_decoder"]
+
+    def require_captioner(self) -> CaptionDecoder:
+        dec = self.caption_decoder
+        if dec is None:
+            raise NoCaptioner(f"{self.arch} (family {self.family}) has no captioning decoder: generative tasks "
+                              "need MaMMUT, CoCa or a cap model; it runs the contrastive tasks "
+                              "(zeroshot_classification, zeroshot_retrieval, image_caption_selection, ...).")
+        return dec
+
+    def caption_context(self, images: torch.Tensor) -> torch.Tensor:
+        """The decoder's image context [B, N, D] (what its cross-attention reads), once per image batch."""
+        self.require_captioner()
+        return self.family_cls.caption_context(self.model, images)
+
+    def caption_scores(self, context: torch.Tensor, tokens: torch.Tensor | SequencePlan,
+                       prompt_batch_size: int | None = None) -> torch.Tensor:
+        """log p(sequence | image) [B, P] float32 for every image of `context` [B, N, D] and every token
+        sequence [P, L] (SOT ... EOT, pads): the sum over target positions 1..L of the full-vocabulary
+        log-softmax of the next-token logits, pads excluded, the EOT counted. `tokens` may be a
+        `plan_sequences` plan, built once and reused for every image batch. Prompts go through the
+        decoder `prompt_batch_size` at a time, all images of the batch at once."""
+        from evalkit.models.decoding import sequence_scores
+
+        return sequence_scores(self.require_captioner(), context, tokens, prompt_batch_size)
+
+    def caption_log_likelihood(self, context: torch.Tensor, tokens: torch.Tensor,
+                               batch_size: int | None = None) -> torch.Tensor:
+        """log p(tokens[i] | image i) [B] for aligned pairs (context [B, N, D], tokens [B, L])."""
+        from evalkit.models.decoding import aligned_scores
+
+        return aligned_scores(self.require_captioner(), context, tokens, batch_size)
+
+    def caption_prior(self, tokens: torch.Tensor, prompt_batch_size: int | None = None) -> torch.Tensor:
+        """The clip_benchmark branch's image-free prior of each sequence [P] (its normalisation; see
+        `decoding.prior_scores` for the fork's quirk: no causal mask without an image)."""
+        from evalkit.models.decoding import prior_scores
+
+        return prior_scores(self.require_captioner(), tokens, prompt_batch_size)
+
+    def plan_sequences(self, tokens: torch.Tensor, prompt_batch_size: int | None = None) -> SequencePlan:
+        """Sort and chunk token sequences once for many `caption_scores` calls."""
+        from evalkit.models.decoding import plan_sequences
+
+        return plan_sequences(tokens, prompt_batch_size, self.require_captioner().pad_id)
 
 
 class ModelFamily:
@@ -157,6 +242,22 @@ class ModelFamily:
     def profile_forward(cls, model: torch.nn.Module, image: torch.Tensor, text: torch.Tensor) -> None:
         """The forward whose FLOPs count as the model's per-sample compute (open_clip's profiler)."""
         model(image, text)
+
+    # -- captioning decoder ----------------------------------------------------------------------------
+    # A family whose models caption returns a `CaptionDecoder` (evalkit/models/decoding.py does the
+    # scoring for all of them) and its image context. `has_contrastive = False` marks a family without
+    # a contrastive head (`cap`): the plan leaves its contrastive tasks out and its embeddings refuse.
+    has_contrastive: ClassVar[bool] = True
+
+    @classmethod
+    def caption_decoder(cls, model: torch.nn.Module) -> CaptionDecoder | None:
+        """The model's captioning decoder, or None (the default: a two-tower model has none)."""
+        return None
+
+    @classmethod
+    def caption_context(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """What the decoder's cross-attention reads for each image [B, N, D], before its `ln_1_kv`."""
+        raise NotImplementedError(f"family {cls.name} has no captioning decoder")
 
 
 # ---------------------------------------------------------------------------------------------------

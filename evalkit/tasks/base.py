@@ -22,7 +22,9 @@ from evalkit.tasks.spec import TaskError, TaskSpec
 # The built-in protocols, read in this one place; other packages add theirs through the entry-point
 # group `evalkit.protocols` (a module that calls `register_protocol`, or a TaskRunner subclass).
 PROTOCOL_MODULES = ("evalkit.tasks.protocols.zeroshot_classification", "evalkit.tasks.protocols.zeroshot_retrieval",
-                    "evalkit.tasks.protocols.segmentation")
+                    "evalkit.tasks.protocols.segmentation", "evalkit.tasks.protocols.generative_zeroshot_classification",
+                    "evalkit.tasks.protocols.image_caption_selection",
+                    "evalkit.tasks.protocols.generative_image_caption_selection")
 
 
 def _check_protocol(name: str, cls: Any) -> None:
@@ -45,6 +47,9 @@ READOUTS: dict[str, Callable[[LoadedModel, torch.Tensor], torch.Tensor]] = {
     "image_features": lambda lm, images: lm.encode_image(images),
     "patch_tokens": lambda lm, images: lm.image_patch_tokens(images),
     "dense_features": lambda lm, images: lm.image_dense_features(images),
+    # the captioning decoder's image context [B, N, D] (MaMMUT, CoCa, cap): generative protocols
+    # score their token sequences against it with `lm.caption_scores` / `lm.caption_log_likelihood`
+    "caption_context": lambda lm, images: lm.caption_context(images),
 }
 
 
@@ -123,6 +128,13 @@ class TaskRunner:
     # The task-file keys it takes beyond the common ones, with types and defaults: the registry refuses
     # unknown keys and wrong types and fills in the defaults, so they are part of the task hash.
     Options: ClassVar[type] = NoOptions
+
+    @classmethod
+    def heads(cls, spec: TaskSpec) -> frozenset[str]:
+        """Which heads of a model the task reads: "contrastive" (image/text embeddings in one space)
+        and/or "captioner" (the decoder). The plan leaves out units whose model lacks one (a `cap`
+        checkpoint has no contrastive head); default: the contrastive head."""
+        return frozenset({"contrastive"})
 
     @classmethod
     def check_options(cls, spec: TaskSpec) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from evalkit.models.decoding import CaptionDecoder
 from evalkit.models.family import ModelFamily, register_family
 
 
@@ -132,6 +133,31 @@ class CLIPFamily(ModelFamily):
         if model.text_projection is not None:
             x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
         return F.normalize(x, dim=-1)
+
+    @classmethod
+    def caption_decoder(cls, model: torch.nn.Module) -> CaptionDecoder | None:
+        """open_clip's CoCa: its unimodal text tower (causal, CLS appended last, not read) gives the
+        decoder's input tokens, then `text_decoder`: causal self-attention block i, cross-attention
+        block i, ..., `ln_final`, `text_projection`. None for every other open_clip model."""
+        from open_clip.coca_model import CoCa
+
+        if not isinstance(model, CoCa):
+            return None
+        d = model.text_decoder
+        layers: list[tuple[str, torch.nn.Module]] = []
+        for blk, cross in zip(d.resblocks, d.cross_attn):
+            layers += [("self", blk), ("cross", cross)]
+
+        def embed(tokens: torch.Tensor) -> torch.Tensor:
+            return model.text(tokens)[1]  # token embeddings without the CLS, as CoCa.forward feeds them
+
+        return CaptionDecoder(embed=embed, layers=layers, final=d.ln_final, head=d.text_projection,
+                              pad_id=int(getattr(model, "pad_id", 0)))
+
+    @classmethod
+    def caption_context(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """CoCa's image embeddings (the attentional pooler's tokens after the first), as `_encode_image`."""
+        return model._encode_image(images)[1]
 
     @classmethod
     def image_patch_tokens(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

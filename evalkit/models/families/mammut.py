@@ -32,6 +32,7 @@ from torch import nn
 
 from evalkit.errors import UsageError
 from evalkit.models.checkpoint import CheckpointError
+from evalkit.models.decoding import CaptionDecoder
 from evalkit.models.family import ModelFamily, register_family
 
 log = logging.getLogger(__name__)
@@ -411,3 +412,46 @@ class MaMMUTFamily(ModelFamily):
         to the mean token, so each patch lands in the joint space the same way."""
         v = model.visual
         return v.ln_post(model.image_tokens(images)[:, 1:]) @ v.proj
+
+    # -- the captioning decoder ----------------------------------------------------------------------
+
+    @classmethod
+    def caption_decoder(cls, model: torch.nn.Module) -> CaptionDecoder:
+        """The text tower as a causal decoder: self-attention layer i, then cross-attention block
+        i // cross_step after every layer with i % cross_step == 0 (as `TextDecoder.forward` with
+        `image_embs`), `ln_final`, and `text_projection` as the LM head."""
+        t = model.text
+        layers: list[tuple[str, nn.Module]] = []
+        for idx, blk in enumerate(t.resblocks):
+            layers.append(("self", blk))
+            if idx % t.cross_step == 0:
+                layers.append(("cross", t.cross_attn[idx // t.cross_step]))
+
+        def embed(tokens: torch.Tensor) -> torch.Tensor:
+            return t.token_embedding(tokens) + t.positional_embedding[: tokens.shape[1]]
+
+        return CaptionDecoder(embed=embed, layers=layers, final=t.ln_final, head=t.text_projection, pad_id=model.pad_id)
+
+    @classmethod
+    def caption_context(cls, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Every vision token (CLS included, before `ln_post`) mapped to the text width by
+        `map_viz2txt_kv`, as the fork's captioning forward feeds its cross-attention."""
+        return model.image_tokens(images) @ model.map_viz2txt_kv
+
+
+@register_family
+class CapFamily(MaMMUTFamily):
+    """The paper's `cap_*` runs: MaMMUT's architecture (the same keys) trained with the captioning
+    loss only. Its contrastive head was never trained, so only generative tasks are meaningful: the
+    plan leaves the contrastive ones out and its embeddings refuse (`LoadedModel.has_contrastive`)."""
+
+    name = "cap"
+    has_contrastive = False
+
+    @classmethod
+    def matches(cls, model_name: str, model_cfg: dict[str, Any]) -> bool:
+        return False  # a cap checkpoint looks like a MaMMUT one: chosen by name (the grid's namespace, --family)
+
+    @classmethod
+    def matches_state_dict(cls, keys: set[str]) -> bool:
+        return False
