@@ -145,7 +145,7 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
     reader.quiesce()
     if suites:
         average_suites(sh, suites, list(dict.fromkeys(u.spec.key for u in units)),
-                        {u.spec.key: u.spec for u in units}, precision)
+                        {u.spec.key: u.spec for u in units}, precision, {(u.spec.key, u.task.name) for u in units})
     store.flush()
     sh.progress.close()
     return counts

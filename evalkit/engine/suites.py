@@ -25,12 +25,14 @@ def _member_main(member: dict[str, str], opened: dict[str, TaskData], suites: di
 
 
 def average_suites(sh: Shared, suites: list[TaskSpec], keys: list[str], specs: dict[str, ModelSpec],
-                    precision: str) -> None:
+                    precision: str, planned: set[tuple[str, str]] | None = None) -> None:
     """Per checkpoint, one `metric=average` row per suite: the unweighted mean of its members'
     main metrics, written once every member is ok (else `failed`, naming the members that are not).
 
     A suite's hash covers its members' resolved hashes, so a changed member changes the suite's
-    result; suites come after their members (and inner suites before outer ones)."""
+    result; suites come after their members (and inner suites before outer ones). `planned`, the
+    (checkpoint, task) pairs of the plan: a suite none of whose members was planned for a checkpoint
+    (a contrastive suite on a `cap` checkpoint) gets no row there, rather than a failed one."""
 
     by_name = {s.name: s for s in suites}
     resolved: dict[str, TaskSpec] = {}
@@ -41,7 +43,12 @@ def average_suites(sh: Shared, suites: list[TaskSpec], keys: list[str], specs: d
     status = sh.store.status()
     for key in keys:
         spec = specs[key]
+        averaged: set[str] = set()
         for suite in suites:
+            if planned is not None and not any((key, m["task"]) in planned or m["task"] in averaged
+                                               for m in suite.options["tasks"]):
+                continue
+            averaged.add(suite.name)
             rsuite = resolved[suite.name]
             uid = unit_id(key, suite.name, rsuite.hash, precision)
             if status.get(uid) == "ok":

@@ -183,7 +183,7 @@ class GenerativeZeroShotClassification(TaskRunner):
 
     def prepare(self, lm: LoadedModel, ctx: RunContext) -> None:
         if not self.spec.classnames or not self.spec.templates:
-            raise ValueError(f"task {self.spec.name}: classnames and templates are required")
+            raise TaskError(f"task {self.spec.name}: classnames and templates are required")
         lm.require_captioner()
         self.lm, self.ctx = lm, ctx
         classes, templates = list(self.spec.classnames), list(self.spec.templates)
