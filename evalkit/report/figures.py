@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from evalkit.report.fits import Fit
 from evalkit.report.summary import TaskView, View
@@ -166,22 +167,26 @@ def _curves(view: View, tv: TaskView, styles: Styles, max_runs: int, seed: int =
         fig.empty = (f"no {tv.metric} value with an epoch for {tv.task}" if np.isfinite(tv.values).any()
                      else f"no ok {tv.metric} result for {tv.task}")
         return fig
-    runs = view.ckpt.loc[ok, ["run", "family"]].drop_duplicates("run")
-    if len(runs) > max_runs:
+    sel = np.flatnonzero(ok)
+    run, _ = pd.factorize(view.ckpt["run"].to_numpy()[sel], sort=True)
+    order = np.lexsort((sel, ep[sel], run))  # by run name, then epoch, then table order
+    sel, run = sel[order], run[order]
+    starts = np.flatnonzero(np.r_[True, run[1:] != run[:-1]])
+    segments = np.split(sel, starts[1:])
+    fam = view.ckpt["family"].to_numpy()[sel[starts]]
+    keep = np.arange(len(segments))
+    if len(segments) > max_runs:
         rng = np.random.default_rng(seed)
-        keep = []
-        for _, g in runs.groupby("family", sort=True):
-            k = max(1, int(round(max_runs * len(g) / len(runs))))
-            keep += list(rng.choice(g["run"].to_numpy(), size=min(k, len(g)), replace=False))
-        fig.notes.append(f"showing {len(keep):,} of {len(runs):,} runs (sampled per family)")
-        runs = runs[runs["run"].isin(keep)]
-    by_run = view.ckpt[ok].assign(_i=np.flatnonzero(ok)).groupby("run", sort=True)
-    for f, g in runs.groupby("family", sort=True):
-        lines = []
-        for r in sorted(g["run"]):
-            rows = by_run.get_group(r).sort_values(["epoch", "_i"])
-            lines.append(rows["_i"].tolist())
-        fig.runs.append({"family": f, "color": styles.color(f), "runs": lines})
+        picked = []
+        for f in sorted(set(fam)):
+            mine = np.flatnonzero(fam == f)
+            k = min(len(mine), max(1, int(round(max_runs * len(mine) / len(segments)))))
+            picked.append(rng.choice(mine, size=k, replace=False))
+        keep = np.sort(np.concatenate(picked))
+        fig.notes.append(f"showing {len(keep):,} of {len(segments):,} runs (sampled per family)")
+    for f in sorted(set(fam[keep])):
+        fig.runs.append({"family": f, "color": styles.color(f),
+                         "runs": [segments[k].tolist() for k in keep if fam[k] == f]})
     return fig
 
 

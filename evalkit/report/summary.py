@@ -78,16 +78,6 @@ class View:
         return last["_i"].to_numpy()
 
 
-def _text(s: pd.Series) -> pd.Series:
-    return s.where(s.notna(), "").astype(str)
-
-
-def _first(df: pd.DataFrame, col: str) -> pd.Series:
-    """Per checkpoint, the first non-empty value of a column (suite rows copy some, failed rows lack them)."""
-    v = df[["_ck", col]].dropna(subset=[col])
-    return v.drop_duplicates("_ck").set_index("_ck")[col]
-
-
 def _main_metric(task: str, rows: pd.DataFrame, configs: dict[str, dict]) -> str:
     for h in rows["task_hash"].dropna().astype(str).unique():
         main = (configs.get(h) or {}).get("main_metric")
@@ -113,66 +103,97 @@ def _mixed(counts: dict[str, int], what: str) -> str | None:
     return f"the table mixes {len(counts)} {what} ({shown})"
 
 
+_STRING_COLUMNS = ("model", "checkpoint", "task", "metric", "status", "error", "task_hash", "task_type", "run",
+                   "namespace", "family", "model_simple", "arch", *PROVENANCE)
+
+
+def _category(s: pd.Series, missing: str = "") -> pd.Categorical:
+    """A column as a categorical of strings, `missing` where it is empty (factorised once, not per row)."""
+    c = pd.Categorical(s)
+    names = [str(v) for v in c.categories]
+    if len(set(names)) < len(names):  # 1 and "1" in one column: compare them as text
+        c = pd.Categorical(s.astype(object).where(s.notna(), None).map(lambda v: v if v is None else str(v)))
+    else:
+        c = c.rename_categories(names)
+    if (c.codes < 0).any():
+        if missing not in c.categories:
+            c = c.add_categories([missing])
+        c = c.fillna(missing)
+    return c
+
+
+def _compact(table: pd.DataFrame) -> pd.DataFrame:
+    """The columns a view reads, strings as categoricals: grouping and selecting a 900k-row table then
+    moves integer codes, not strings. A row without a status counts as failed."""
+    cols = {c: _category(table[c], "failed" if c == "status" else "") for c in _STRING_COLUMNS}
+    for c in ("value", "epoch", "samples_seen", "gflops_total", "limit"):
+        cols[c] = pd.to_numeric(table[c], errors="coerce") if c in table else np.full(len(table), np.nan)
+    return pd.DataFrame(cols, index=table.index)
+
+
 def build_view(results: Results) -> View:
     """Checkpoints, per-task main metrics, units, failures and provenance of a results table."""
     from evalkit.results.export import run_names
 
-    t = results.table
-    t = t.assign(model=_text(t["model"]), checkpoint=_text(t["checkpoint"]), task=_text(t["task"]),
-                 metric=_text(t["metric"]), status=t["status"].where(t["status"].notna(), "failed").astype(str))
-    key = t["model"] + "\0" + t["checkpoint"]
-    codes, uniques = pd.factorize(key, sort=False)
-    t = t.assign(_ck=codes, _run=run_names(t).to_numpy())
+    t = _compact(results.table)
+    codes, uniques = pd.factorize(pd.MultiIndex.from_arrays([t["model"].cat.codes, t["checkpoint"].cat.codes]),
+                                  sort=False)
+    t["_ck"] = codes
     n = len(uniques)
 
     first = t.drop_duplicates("_ck").set_index("_ck").sort_index()
-    fam = first["namespace"].where(first["namespace"].notna() & (first["namespace"].astype(str) != ""),
-                                   first["family"]) if "namespace" in first else first["family"]
-    arch = first["model_simple"].where(first["model_simple"].notna() & (first["model_simple"].astype(str) != ""),
-                                       first["arch"])
+    named = {c: first[c].astype(str) for c in ("model", "checkpoint", "run", "namespace", "family", "model_simple",
+                                               "arch")}
+    fam = named["namespace"].where(named["namespace"] != "", named["family"])
+    arch = named["model_simple"].where(named["model_simple"] != "", named["arch"])
     ckpt = pd.DataFrame({
-        "model": first["model"].to_numpy(), "checkpoint": first["checkpoint"].to_numpy(),
-        "run": first["_run"].astype(str).to_numpy(),
-        "epoch": pd.to_numeric(first["epoch"], errors="coerce").to_numpy(dtype=float),
-        "family": _text(fam).replace("", "unknown").to_numpy(), "arch": _text(arch).replace("", "unknown").to_numpy(),
+        "model": named["model"].to_numpy(dtype=object), "checkpoint": named["checkpoint"].to_numpy(dtype=object),
+        "run": run_names(pd.DataFrame({"model": named["model"], "run": named["run"].replace("", None)})).to_numpy(
+            dtype=object),
+        "epoch": first["epoch"].to_numpy(dtype=float),
+        "family": fam.replace("", "unknown").to_numpy(dtype=object),
+        "arch": arch.replace("", "unknown").to_numpy(dtype=object),
     })
-    for col in ("samples_seen", "gflops_total"):
-        vals = pd.to_numeric(_first(t, col), errors="coerce").reindex(range(n))
-        ckpt[col] = vals.to_numpy(dtype=float)
+    for col in ("samples_seen", "gflops_total"):  # per checkpoint, its first value (failed rows lack them)
+        v = t[["_ck", col]].dropna(subset=[col]).drop_duplicates("_ck").set_index("_ck")[col]
+        ckpt[col] = v.reindex(range(n)).to_numpy(dtype=float)
 
-    units = t.drop_duplicates(["_ck", "task"])[["_ck", "task", "status", "error"]].rename(columns={"_ck": "ckpt"})
-    unit_status = t.groupby(["_ck", "task"], sort=False)["status"].agg(lambda s: "ok" if (s == "ok").all() else "failed")
-    units = units.set_index(["ckpt", "task"])
-    units["status"] = unit_status.reindex(units.index).to_numpy()
-    units = units.reset_index()
+    # a unit is ok when all its rows are (the engine writes one status per unit; a hand-merged table may not)
+    t["_ok"] = (t["status"] == "ok").to_numpy()
+    all_ok = t.groupby(["_ck", "task"], sort=False, observed=True)["_ok"].all()
+    units = t.drop_duplicates(["_ck", "task"])[["_ck", "task", "error"]].rename(columns={"_ck": "ckpt"})
+    ok = all_ok.reindex(pd.MultiIndex.from_arrays([units["ckpt"], units["task"]])).to_numpy()
+    units = pd.DataFrame({"ckpt": units["ckpt"].to_numpy(), "task": units["task"].astype(str).to_numpy(dtype=object),
+                          "error": units["error"].astype(str).to_numpy(dtype=object),
+                          "status": np.where(ok, "ok", "failed")})
 
     tasks: list[TaskView] = []
-    for name, rows in t.groupby("task", sort=True):
-        metric = _main_metric(str(name), rows, results.task_configs)
-        ok = rows[(rows["status"] == "ok") & (rows["metric"] == metric)]
-        v = pd.to_numeric(ok["value"], errors="coerce")
+    for name, rows in t.groupby("task", sort=True, observed=True):
+        name = str(name)
+        small = rows[["task_hash", "task_type", "status", "metric"]].astype(str)
+        metric = _main_metric(name, small.drop_duplicates(), results.task_configs)
+        hit = rows[(rows["status"] == "ok").to_numpy() & (rows["metric"] == metric).to_numpy()]
         values = np.full(n, np.nan)
-        values[ok["_ck"].to_numpy()] = v.to_numpy(dtype=float)
-        u = units[units["task"] == name]
-        lim = pd.to_numeric(rows["limit"], errors="coerce").dropna() if "limit" in rows else pd.Series([], dtype=float)
-        tasks.append(TaskView(str(name), metric, str(rows["task_type"].dropna().iloc[0]) if rows["task_type"].notna().any()
-                              else "", values, int((u["status"] == "ok").sum()), int((u["status"] != "ok").sum()),
-                              int(lim.max()) if len(lim) else None))
-
+        values[hit["_ck"].to_numpy()] = hit["value"].to_numpy(dtype=float)
+        u = units["status"].to_numpy()[units["task"].to_numpy() == name]
+        lim = rows["limit"].dropna()
+        types = [v for v in small["task_type"].unique() if v]
+        tasks.append(TaskView(name, metric, types[0] if types else "", values, int((u == "ok").sum()),
+                              int((u != "ok").sum()), int(lim.max()) if len(lim) else None))
     view = View(results, ckpt, tasks, units)
     failed = units[units["status"] != "ok"].copy()
     if len(failed):
-        failed["error"] = _text(failed["error"]).replace("", "(no error recorded)")
+        failed["error"] = failed["error"].replace("", "(no error recorded)")
         for err, g in sorted(failed.groupby("error"), key=lambda kv: (-len(kv[1]), kv[0])):
             names = ckpt["model"].to_numpy()[g["ckpt"].to_numpy()]
             view.failures.append(FailureGroup(str(err), len(g), sorted(set(g["task"])), list(dict.fromkeys(names))))
     for col in PROVENANCE:
-        view.provenance[col] = {str(k): int(v) for k, v in _text(t[col]).value_counts().items()}
+        view.provenance[col] = {str(k): int(v) for k, v in t[col].value_counts().items() if v}
         w = _mixed(view.provenance[col], {"device": "devices", "precision": "precisions"}.get(col, f"{col}s"))
         if w:
             view.warnings.append(w)
-    for name, rows in t[t["task_type"] != "suite"].groupby("task", sort=True):
-        view.task_hashes[str(name)] = {str(k): int(v) for k, v in _text(rows["task_hash"]).value_counts().items()}
+    for name, rows in t[(t["task_type"] != "suite").to_numpy()].groupby("task", sort=True, observed=True):
+        view.task_hashes[str(name)] = {str(k): int(v) for k, v in rows["task_hash"].value_counts().items() if v}
         w = _mixed(view.task_hashes[str(name)], f"task hashes for {name} (another task file, class list, "
                                                  "templates or data)")
         if w:

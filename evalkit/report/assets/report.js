@@ -121,8 +121,9 @@
   }
 
   var BUILD = {scatter: scatterTraces, curves: curveTraces, compare: compareTraces};
+  var timings = window.evalkitTimings = {start: performance.now(), figures: {}};
   function draw(f) {
-    var div = document.getElementById(f.id);
+    var div = document.getElementById(f.id), t0 = performance.now();
     if (!div || f.empty) return Promise.resolve();
     var tl = BUILD[f.kind](f), layout = tl[1];
     layout.title = {text: f.title, font: {size: 14}};
@@ -130,7 +131,10 @@
     layout.margin = {l: 70, r: 20, t: 40, b: 55};
     layout.legend = {font: {size: 10}};
     layout.hovermode = "closest";
-    return Plotly.newPlot(div, tl[0], layout, {responsive: true, displaylogo: false});
+    return Plotly.newPlot(div, tl[0], layout, {responsive: true, displaylogo: false}).then(function (gd) {
+      timings.figures[f.id] = performance.now() - t0;
+      return gd;
+    });
   }
 
   // tables: every <table class="sortable"> sorts by a header click (numbers as numbers, blanks last)
