@@ -38,8 +38,9 @@ def law_value(run: str, task_name: str, gflops_total: float) -> float:
 
 
 def write_results(out: Path, runs=RUNS, tasks=TASKS, *, gflops: bool = True, fail: tuple[str, int, str] | None = None,
-                  provenance: dict | None = None, collect_table: bool = True) -> list[ModelSpec]:
-    """A results folder: every (checkpoint, task) unit of `runs` x `tasks`; `fail` = (run, epoch, task) fails."""
+                  provenance: dict | None = None, collect_table: bool = True, suite: str | None = None) -> list[ModelSpec]:
+    """A results folder: every (checkpoint, task) unit of `runs` x `tasks`; `fail` = (run, epoch, task) fails;
+    `suite`: also a suite of that name over `tasks`, its `average` row per checkpoint as the engine writes it."""
     store = UnitStore(out)
     for t in tasks:
         store.write_task(t)
@@ -64,6 +65,15 @@ def write_results(out: Path, runs=RUNS, tasks=TASKS, *, gflops: bool = True, fai
                 for r in rows:
                     r.update(gflops_per_sample=g if gflops else None, gflops_total=total if gflops else None)
                 store.write(uid, rows, "ok")
+            if suite:
+                st = TaskSpec(name=suite, type="suite", dataset=suite, split="", metrics=["average"],
+                              main_metric="average", source=f"tests/{suite}.yaml")
+                uid = unit_id(spec.key, suite, st.hash, "fp32")
+                row = build_rows(spec, st, uid, metrics=None, status="ok", provenance={**PROVENANCE, **(provenance or {})})[0]
+                mains = [law_value(run, t.name, total) for t in tasks]
+                row.update(task_type="suite", metric="average", value=sum(mains) / len(mains), n_samples=len(tasks),
+                           arch=arch, family=family)
+                store.write(uid, [row], "ok")
     store.flush()
     if collect_table:
         collect(out)

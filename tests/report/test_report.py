@@ -266,3 +266,21 @@ def test_report_imports_no_torch(results: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code, str(results)], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_suite_average_and_members(tmp_path: Path, monkeypatch) -> None:
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    (tasks_dir / "both.yaml").write_text("name: both\ntype: suite\ntasks: [cls, ret]\n")
+    monkeypatch.setenv("EVALKIT_TASKS", str(tasks_dir))
+    out = tmp_path / "out"
+    write_results(out, suite="both")
+    rep = build_report(out)
+    data = read_data(rep.path)
+    (spec,) = [t for t in data["raw"]["tables"] if t["id"] == "table-suite-both"]
+    assert [c["label"] for c in spec["columns"]] == ["checkpoint", "both average", "cls acc1", "ret mean_recall@1"]
+    assert len(spec["rows"]) == 15
+    avg, a, b = (data["values"][k] for k in ("both|average", "cls|acc1", "ret|mean_recall@1"))
+    np.testing.assert_allclose(avg, (a + b) / 2, rtol=0, atol=1e-12)  # the average is its members' mean
+    assert rep.view.task("both").task_type == "suite" and rep.view.task("both").metric == "average"
+    assert "task_hash of both" not in rep.path.read_text()  # a suite's hash is its members'; not provenance
