@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install embedded demo test test-all test-slurm lint bench clean
+.PHONY: install embedded demo test test-all test-slurm test-browser lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,15 +28,22 @@ lint: install
 test: embedded lint
 	$(PY) -m pytest -q
 
-# every test: the fast and slow ones, then the SLURM ones on their own cluster
+# every test: the fast and slow ones, then the SLURM ones on their own cluster and the browser ones
 test-all: embedded lint
-	$(PY) -m pytest -q -m "not slurm"
+	$(PY) -m pytest -q -m "not slurm and not browser"
 	$(MAKE) test-slurm
+	$(MAKE) test-browser
 
 # the tests marked `slurm`, against a one-node SLURM cluster on localhost that this starts and stops
 # (.ci/slurm_cluster.sh: installs slurmctld/slurmd/slurm-client/munge with apt-get when missing; root)
 test-slurm: embedded
 	.ci/slurm_cluster.sh run $(PY) -m pytest -q -m slurm
+
+# the tests marked `browser`: the report of the embedded grid (and a synthetic one) opened in headless
+# Chromium with the network off; writes docs/img/report.png (.ci/chromium.sh: installs Debian's chromium
+# with apt-get when missing; root)
+test-browser: embedded
+	.ci/chromium.sh run $(PY) -m pytest -q -m browser
 
 bench: embedded
 	$(PY) bench/run_all.py

@@ -1,5 +1,5 @@
 """Run every CPU benchmark and record them in bench/RESULTS.md (`make bench`). The GPU one runs only
-where CUDA is available."""
+where CUDA is available, the report's only where a Chromium is installed (`.ci/chromium.sh install`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     cmds = [["bench_cache.py"], ["bench_grid.py"], ["bench_grid.py", "--styles", "", "--scale-copies", "4"],
             ["bench_fit.py"], ["bench_plan.py"]]
+    import shutil
+
+    if any(shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome")):  # the page's load time
+        cmds.append(["bench_report.py"])
     import torch
 
     if torch.cuda.is_available():

@@ -1,5 +1,5 @@
 """The `evalkit` command: argument parsing and printing only, one module per command group (run.py:
-evaluating; results.py: export, compare, import; fit.py). Heavy modules load inside handlers, so
+evaluating; results.py: export, compare, import; fit.py; report.py). Heavy modules load inside handlers, so
 `evalkit --help` never imports torch."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from evalkit.cli.report import add_report_parser
     from evalkit.cli.results import add_compare_parser, add_export_parser
     from evalkit.cli.run import add_run_parsers
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parsers(sub)
     add_export_parser(sub)
     add_compare_parser(sub)
+    add_report_parser(sub)
     try:
         from evalkit.cli.fit import add_fit_parser
         from evalkit.cli.results import add_import_parser

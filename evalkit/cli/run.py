@@ -18,6 +18,16 @@ def _shard(value: str) -> tuple[int, int]:
     return i, n
 
 
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value}: need at least 1")
+    return n
+
+
 def _device(value: str) -> str:
     if value == "cpu" or re.fullmatch(r"cuda(:\d+)?", value):
         return value
@@ -56,6 +66,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="decode into memory only")
     p.add_argument("--shard", type=_shard, help="i/n: this process's share (default: RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS)")
     p.add_argument("--log-samples", action="store_true", help="write per-sample top-5 predictions per unit")
+    p.add_argument("--limit", type=_positive, metavar="N",
+                   help="evaluate only the first N samples of each task (smoke tests, CI): deterministic, part of "
+                        "the task hash, and the rows' `limit` column says so")
 
 
 def _specs(args: argparse.Namespace):
@@ -75,15 +88,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = RunOptions(**_run_options(args), shard=args.shard)
     counts = run(specs, tasks, opts)
     table = collect(args.out)
+    if len(table):
+        print(_end_table(args.out, {s.name for s in specs}))
     print(f"units: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already done")
     print(f"table: {os.path.join(args.out, 'results.parquet')} ({len(table)} rows)")
     return 1 if counts["failed"] else 0
 
 
+def _end_table(out: str, models: set[str]) -> str:
+    """The compact checkpoint x task table of this run's checkpoints (main metrics; failures counted)."""
+    from evalkit.report.load import load_results
+    from evalkit.report.summary import build_view
+    from evalkit.report.text import compact_table
+
+    return compact_table(build_view(load_results(out)), models=models)
+
+
 def _run_options(args: argparse.Namespace) -> dict:
     opts = dict(data_root=args.data_root, out=args.out, device=args.device, precision=args.precision,
                 batch_size=args.batch_size, text_batch_size=args.text_batch_size, log_samples=args.log_samples,
-                num_workers=args.num_workers, keep_checkpoints=args.keep_checkpoints)
+                num_workers=args.num_workers, keep_checkpoints=args.keep_checkpoints, limit=args.limit)
     if args.no_cache:
         opts["cache_dir"] = None
     elif args.cache_dir:

@@ -11,7 +11,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ class RunOptions:
     progress: bool | None = None
     gpus_requested: bool = False  # the job was given GPUs (submit --gpus-per-shard): no CUDA is an error
     keep_checkpoints: bool = False  # a fetched checkpoint is not released (the hub grid's stay in the HF cache)
+    limit: int | None = None  # the first N samples of each task (smoke tests): part of each task's hash
 
 
 def run_dataset(lm: LoadedModel, source: ImageSource, runners: list[TaskRunner], ctx: RunContext,
@@ -110,6 +111,11 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
     store = UnitStore(opts.out)
     store.remove_stale_temps()  # leftovers of writers killed mid-write (this host: dead pids; others: old)
     task_specs, suites = expand(task_specs)  # a suite runs its members as tasks, then averages them
+    if opts.limit is not None:  # a task cut to its first N samples is another task: its own hash, units, rows
+        if opts.limit < 1:
+            raise ValueError(f"limit {opts.limit}: need at least 1 sample per task")
+        task_specs = [replace(t, limit=opts.limit) for t in task_specs]
+        suites = [replace(s, limit=opts.limit) for s in suites]
     opened = {td.spec.name: td for td in resolve_tasks(task_specs, opts.data_root)}
     for td in opened.values():
         if td.source is not None:

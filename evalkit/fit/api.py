@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -204,8 +205,44 @@ def _comparison_md(report: FitReport) -> str:
     return "\n".join(lines)
 
 
+def _json_default(v: object) -> object:
+    if isinstance(v, np.generic):
+        return v.item()
+    return str(v)
+
+
+def _finite(values: np.ndarray) -> list[float | None]:
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=float)]
+
+
+def fit_record(report: FitReport, n_grid: int = 120) -> dict:
+    """What `fit.json` holds, for readers that draw a fit over the table it came from (evalkit report):
+    the settings, and per group the law, the fitted x range, the curve (and bootstrap band) on a log
+    grid from the first fitted x to the largest x asked about (extrapolation included), and the points
+    it was fitted to (model, x, y), so a reader can tell whether a table is the one fitted."""
+    x_pred = report.predictions["x"].tolist() if not report.predictions.empty else []
+    groups = {}
+    for name, gf in report.groups.items():
+        pts, fitted = gf.points, gf.points[gf.points["fitted"]]
+        lo, hi_fit = float(fitted["x"].min()), float(fitted["x"].max())
+        hi = max([hi_fit, float(pts["x"].max()), *x_pred])
+        grid = np.geomspace(lo, hi, n_grid) if hi > lo else np.array([lo])
+        band = gf.boot.band(grid) if gf.boot is not None else None
+        r = gf.result
+        groups[name] = {
+            "form": r.form, "a": r.a, "b": r.b, "c": r.c, "d": r.d, "rmse": r.rmse, "n_points": r.n_points,
+            "x_fitted": [lo, hi_fit],
+            "curve": {"x": _finite(grid), "error": _finite(r.predict(grid)),
+                      "low": _finite(band[0]) if band is not None else None,
+                      "high": _finite(band[1]) if band is not None else None},
+            "points": {"model": fitted["model"].astype(str).tolist(), "x": _finite(fitted["x"].to_numpy()),
+                       "error": _finite(fitted["y"].to_numpy())},
+        }
+    return {"format": 1, "settings": report.settings, "groups": groups}
+
+
 def write_outputs(report: FitReport, out: Path, *, plots: bool = True) -> None:
-    """coefficients.csv/.md, predictions.csv, comparison.csv/.md (2 groups) and PNG plots, atomically."""
+    """coefficients.csv/.md, predictions.csv, comparison.csv/.md (2 groups), fit.json and PNG plots, atomically."""
     out.mkdir(parents=True, exist_ok=True)
     f = report.files
     f["coefficients.csv"] = write_csv(report.coefficients, out / "coefficients.csv")
@@ -219,6 +256,7 @@ def write_outputs(report: FitReport, out: Path, *, plots: bool = True) -> None:
         cmp = pd.concat([cmp, extra], ignore_index=True) if len(extra) else cmp
         f["comparison.csv"] = write_csv(cmp, out / "comparison.csv")
         f["comparison.md"] = write_text(_comparison_md(report), out / "comparison.md")
+    f["fit.json"] = write_text(json.dumps(fit_record(report), default=_json_default), out / "fit.json")
     if plots:
         from evalkit.fit.plot import plot_groups
 

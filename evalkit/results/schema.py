@@ -20,7 +20,8 @@ IDENTITY_COLUMNS: tuple[str, ...] = ("model", "arch", "family", "checkpoint", *S
 # table written before evalkit recorded them lacks them, and every reader tolerates that.
 REFERENCE_IDENTITY_COLUMNS: tuple[str, ...] = tuple(c for c in SPEC_COLUMNS if c not in ("epoch", "samples_seen"))
 COMPUTE_COLUMNS: tuple[str, ...] = ("gflops_per_sample", "gflops_total")
-MEASURE_COLUMNS: tuple[str, ...] = ("task", "task_type", "dataset", "split", "metric", "value", "n_samples")
+# `limit`: N when `--limit N` cut the task to its first N samples (a smoke test), empty for the whole split
+MEASURE_COLUMNS: tuple[str, ...] = ("task", "task_type", "dataset", "split", "metric", "value", "n_samples", "limit")
 PROVENANCE_COLUMNS: tuple[str, ...] = ("task_hash", "evalkit_version", "open_clip_version", "torch_version", "device",
                                        "precision", "batch_size", "duration_s", "finished_at", "status", "error")
 # The tidy table (what results.parquet holds, what importers write and fit reads) ...
@@ -51,7 +52,7 @@ def build_rows(spec: ModelSpec, task: Any, uid: str, *, metrics: Mapping[str, fl
     protocol's), or one row with no value (metric = the task's main metric) for a failed unit."""
     base = {**identity(spec, arch, family), "gflops_per_sample": None, "gflops_total": None,
             "task": task.name, "task_type": task.type, "dataset": task.dataset, "split": task.split,
-            "task_hash": task.hash, "duration_s": round(duration, 4), "finished_at": now(),
+            "limit": getattr(task, "limit", None), "task_hash": task.hash, "duration_s": round(duration, 4), "finished_at": now(),
             "status": status, "error": error, "unit_id": uid, **provenance}
     if metrics is None:
         return [{**base, "metric": task.main_metric or "error", "value": None, "n_samples": 0}]

@@ -182,6 +182,8 @@ def open_task(spec: TaskSpec, root: Path | str) -> tuple[TaskSpec, ImageSource]:
     if spec.type not in protocols():
         raise TaskError(f"task {spec.name} ({spec.source}): unknown type '{spec.type}' (known: {', '.join(sorted(protocols()))})")
     source = protocols()[spec.type].open_source(root, spec)
+    if spec.limit is not None:
+        source = first_samples(source, spec.limit)
     if spec.classnames == "imagenet_subset":  # ImageNet-A/-R: the folder's classes named as in ImageNet-1k
         from evalkit.tasks.protocols.zeroshot_classification import imagenet_subset_names
 
@@ -191,6 +193,22 @@ def open_task(spec: TaskSpec, root: Path | str) -> tuple[TaskSpec, ImageSource]:
     spec = spec.resolved(source.classnames, source.templates, data)
     protocols()[spec.type].validate(spec, source)  # a wrong folder is an error, never a score
     return spec, source
+
+
+def first_samples(source: ImageSource, n: int) -> ImageSource:
+    """The first `n` images of a split (`--limit N`), in the reader's order, as a source of its own:
+    another name and fingerprint, so the decode-once cache never mixes it with the whole split.
+    Index i is the same image in both, so per-index helpers in `meta` (segmentation masks) still hold."""
+    import hashlib
+    from dataclasses import replace
+
+    if n < 1:
+        raise ValueError(f"limit {n}: need at least 1 sample per task")
+    if n >= len(source):  # the whole split: the same images (and cache entry)
+        return source
+    fp = hashlib.sha1(f"{source.fingerprint}|first {n}".encode()).hexdigest()[:16]
+    return replace(source, name=f"{source.name}[:{n}]", ids=list(source.ids[:n]),
+                   targets=[source.targets[i] for i in range(n)], fingerprint=fp, meta=dict(source.meta))
 
 
 def register_protocol(name: str) -> Callable[[type[TaskRunner]], type[TaskRunner]]:

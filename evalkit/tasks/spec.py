@@ -32,6 +32,7 @@ class TaskSpec:
     options: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     data: dict[str, Any] | None = None  # identity of the data it was resolved against (fingerprint, size)
+    limit: int | None = None  # `--limit N`: only the first N samples of the split (a smoke test), in the hash
 
     def resolved(self, data_classnames: list[str] | None = None, data_templates: list[str] | None = None,
                  data: dict[str, Any] | None = None) -> TaskSpec:
@@ -45,7 +46,7 @@ class TaskSpec:
             classnames=_resolve_list(self.classnames, data_classnames, self, "classnames"),
             templates=_resolve_list(self.templates, data_templates, self, "templates"),
             metrics=list(self.metrics), main_metric=self.main_metric, options=dict(self.options), source=self.source,
-            data=dict(data) if data is not None else None,
+            data=dict(data) if data is not None else None, limit=self.limit,
         )
 
     @property
@@ -57,6 +58,8 @@ class TaskSpec:
         cfg = {k: getattr(self, k) for k in keys}
         if self.data is not None:
             cfg["data"] = self.data
+        if self.limit is not None:  # absent when unset, so the hashes of whole-split tasks stay as they were
+            cfg["limit"] = self.limit
         return cfg
 
     @property
