@@ -38,6 +38,7 @@ from evalkit.engine.plan import (
     shard_from_env,
 )
 from evalkit.engine.suites import average_suites
+from evalkit.errors import UsageError
 from evalkit.grids.source import source_for
 from evalkit.models.checkpoint import read_state_dict
 from evalkit.models.factory import load_model
@@ -113,7 +114,7 @@ def run(specs: list[ModelSpec], task_specs: list[TaskSpec], opts: RunOptions) ->
     task_specs, suites = expand(task_specs)  # a suite runs its members as tasks, then averages them
     if opts.limit is not None:  # a task cut to its first N samples is another task: its own hash, units, rows
         if opts.limit < 1:
-            raise ValueError(f"limit {opts.limit}: need at least 1 sample per task")
+            raise UsageError(f"--limit {opts.limit}: need at least 1 sample per task")
         task_specs = [replace(t, limit=opts.limit) for t in task_specs]
         suites = [replace(s, limit=opts.limit) for s in suites]
     opened = {td.spec.name: td for td in resolve_tasks(task_specs, opts.data_root)}

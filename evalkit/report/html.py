@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from evalkit.errors import UsageError
 from evalkit.report.figures import SYMBOLS, Figure, Styles
 from evalkit.report.fits import Fit
 from evalkit.report.summary import View
@@ -82,7 +83,7 @@ def read_data(page: str | Path) -> dict[str, Any]:
     text = Path(page).read_text() if isinstance(page, Path) or not str(page).lstrip().startswith("<") else str(page)
     m = re.search(r'<script type="application/json" id="evalkit-data">(.*?)</script>', text, re.S)
     if m is None:
-        raise ValueError(f"{page}: no evalkit data block")
+        raise UsageError(f"{page}: no evalkit data block (not a page written by `evalkit report`)")
     raw = json.loads(m.group(1))
     strings = {}
     for k, col in raw["strings"].items():

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from evalkit.data.sources import ImageSource
+from evalkit.errors import UsageError
 from evalkit.models.family import LoadedModel
 from evalkit.registry import Registry
 from evalkit.tasks.spec import TaskError, TaskSpec
@@ -203,7 +204,7 @@ def first_samples(source: ImageSource, n: int) -> ImageSource:
     from dataclasses import replace
 
     if n < 1:
-        raise ValueError(f"limit {n}: need at least 1 sample per task")
+        raise UsageError(f"--limit {n}: need at least 1 sample per task")
     if n >= len(source):  # the whole split: the same images (and cache entry)
         return source
     fp = hashlib.sha1(f"{source.fingerprint}|first {n}".encode()).hexdigest()[:16]
