@@ -22,7 +22,7 @@ from evalkit.tasks.spec import TaskSpec
 # The built-in protocols, read in this one place; other packages add theirs through the entry-point
 # group `evalkit.protocols` (a module that calls `register_protocol`, or a TaskRunner subclass).
 PROTOCOL_MODULES = ("evalkit.tasks.protocols.zeroshot_classification", "evalkit.tasks.protocols.zeroshot_retrieval",
-                    "evalkit.tasks.protocols.segmentation")
+                    "evalkit.tasks.protocols.segmentation", "evalkit.tasks.protocols.linear_probe")
 
 
 def _check_protocol(name: str, cls: Any) -> None:
