@@ -97,8 +97,9 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
 )
 
 # Root seeds per split; every image gets its own generator seeded by (root, index).
-SPLIT_SEEDS = {"train": 1001, "test": 2002, "ade_train": 3003}
+SPLIT_SEEDS = {"train": 1001, "test": 2002, "ade_train": 3003, "lp_train": 4004}
 N_TEST = 400
+N_LP_TRAIN = 200  # the linear probes' train split (wds_shapes/train): 20 per class, unseen by the grid
 N_ADE_TRAIN = 300
 N_ADE_VAL = 200  # first N test images, so segmentation and classification share pixels
 N_SHARDS = 2
@@ -206,8 +207,8 @@ def _image_size(rng: np.random.Generator) -> tuple[int, int]:
 
 
 def class_for(split: str, index: int, rng: np.random.Generator) -> int:
-    """Test labels are balanced (index mod K); training labels are drawn at random."""
-    if split == "test":
+    """Test and probe-train labels are balanced (index mod K); training labels are drawn at random."""
+    if split in ("test", "lp_train"):
         return index % len(CLASSES)
     return int(rng.integers(len(CLASSES)))
 
@@ -339,7 +340,8 @@ def _shards(n: int) -> list[range]:
 
 
 def write_wds(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
-    """clip_benchmark `wds/<name>` layouts for classification (.cls) and retrieval (.txt)."""
+    """clip_benchmark `wds/<name>` layouts for classification (.cls) and retrieval (.txt); the
+    classification folder also has the `train` split linear probes fit on (keys `tNNNNNN`)."""
     cls_dir, cap_dir = root / "wds_shapes", root / "wds_shapes_captions"
     shards = _shards(len(test))
     for k, idx in enumerate(shards):
@@ -355,6 +357,15 @@ def write_wds(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
         _write(d / "dataset_type.txt", f"{kind}\n")
     _write(cls_dir / "classnames.txt", _lines(CLASSNAMES))
     _write(cls_dir / "zeroshot_classification_templates.txt", _lines(TEMPLATES))
+    train = list(iter_split("lp_train", N_LP_TRAIN))
+    train_shards = _shards(len(train))
+    for k, idx in enumerate(train_shards):
+        members = []
+        for i in idx:
+            key = f"t{train[i].index:06d}"
+            members += [(f"{key}.jpg", encode_jpeg(train[i].image)), (f"{key}.cls", str(train[i].label).encode())]
+        _write(cls_dir / "train" / f"{k}.tar", _tar(members))
+    _write(cls_dir / "train" / "nshards.txt", f"{len(train_shards)}\n")
 
 
 def write_coco(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
@@ -424,7 +435,8 @@ def generator_info() -> dict[str, str | int]:
     import PIL
     from PIL import features
 
-    return {"world_version": WORLD_VERSION, "numpy": np.__version__, "pillow": PIL.__version__,
+    return {"world_version": WORLD_VERSION, "splits": {"test": N_TEST, "ade_train": N_ADE_TRAIN, "lp_train": N_LP_TRAIN},
+            "numpy": np.__version__, "pillow": PIL.__version__,
             "libjpeg": str(features.version("jpg")),
             "libjpeg_turbo": str(features.version("libjpeg_turbo")), "zlib": zlib.ZLIB_VERSION}
 
