@@ -147,9 +147,9 @@ def test_plans_give_the_same_probe():
 
 
 def test_search_plan_by_size():
-    assert lp.search_plan(32, 10, "cpu") == "all"  # tiny: per-step overhead dominates, one run for all 97
-    assert lp.search_plan(512, 10, "cpu") == "reach"  # two runs, 37 candidates
-    assert lp.search_plan(512, 100, "cuda") == "all"  # a GPU's per-step overhead is larger
+    assert lp.search_plan(32, 10, "cpu") == "reach"  # tiny: overheads dominate; two runs (7, then 30)
+    assert lp.search_plan(512, 10, "cpu") == "steps"  # per-candidate work counts: the fewest fits
+    assert lp.search_plan(512, 100, "cuda") == "all"  # a GPU's per-step overhead dominates: one run of 97
     assert lp.search_plan(768, 1000, "cuda") == lp.search_plan(768, 1000, "cpu") == "steps"  # ImageNet: fewest fits
 
 

@@ -91,10 +91,15 @@ def _oracle(trained, tmp_path: Path, val_proportion: float | None, fewshot_k: in
         torch.save(x, feature_dir / f"features_{name}.pt")
         torch.save(y, feature_dir / f"targets_{name}.pt")
     torch.manual_seed(0)
-    with contextlib.redirect_stdout(io.StringIO()):
-        return cb.evaluate(model, None, None, fewshot_k, 64, 0, 0.1, 10, "tiny", 0, str(tmp_path / "features"),
-                           _CpuCalledCuda(), val_dataloader=object() if val_proportion is not None else None,
-                           normalize=True, amp=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # its ~20 fits of tiny kernels: threads only add overhead on a busy machine
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+                return cb.evaluate(model, None, None, fewshot_k, 64, 0, 0.1, 10, "tiny", 0, str(tmp_path / "features"),
+                               _CpuCalledCuda(), val_dataloader=object() if val_proportion is not None else None,
+                               normalize=True, amp=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _evalkit(trained, tmp_path: Path, extra: str) -> dict:

@@ -25,7 +25,8 @@ each candidate's fit is deterministic, so the choice changes time, never the cho
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,9 +47,12 @@ COARSE: list[int] = [i for i, v in enumerate(WD_GRID) if v in np.logspace(-6, 2,
 SPANS = (8, 4, 2, 1)
 REACH = sum(SPANS)  # how far from the coarse peak the refinement can go
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, which the reference uses
-# Per-step cost of one training run in "weight elements" (d x classes) of work: kernel launches and
-# Python per step. Only decides how candidates are grouped into runs (time, never results).
-OVERHEAD_ELEMS = {"cuda": 4_000_000, "cpu": 40_000}
+# Per-step costs in "weight elements" (d x classes) of work: (per run, per candidate). Measured on the
+# CPU (one thread: ~0.6 ms per step of a run, ~40 us per candidate, ~20 ns per element); the CUDA
+# figure is an estimate of launch overhead against memory bandwidth, not yet measured on a GPU. Only
+# decides how candidates are grouped into runs (time, never results).
+OVERHEAD_ELEMS = {"cuda": (4_000_000, 0), "cpu": (30_000, 2_000)}
+SMALL_STEP = 1 << 20  # candidates x d x classes below which a CPU fit runs on one thread (see `_threads`)
 EVAL_CHUNK = 1 << 24  # candidates x rows x classes logits per evaluation chunk (64 MB of floats)
 
 
@@ -136,8 +140,30 @@ def cosine_lrs(lr: float, total: int) -> list[float]:
     return [float(0.5 * (1 + np.cos(np.pi * t / total)) * lr) for t in range(total)]
 
 
-@torch.no_grad()
+@contextmanager
+def _threads(device: torch.device, work: int) -> Iterator[None]:
+    """One intra-op thread for a small CPU fit: its kernels are microseconds long, and splitting them
+    over threads costs more than it gains (measured 30x slower with 2 threads on a busy 2-core box)."""
+    if device.type != "cpu" or work >= SMALL_STEP or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_probes(x: torch.Tensor, y: torch.Tensor, weight_decays: Sequence[float], n_classes: int, *,
+                 lr: float, epochs: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One probe per weight decay, trained together (see `_train_probes`), on one thread when small."""
+    with _threads(x.device, len(weight_decays) * x.shape[1] * n_classes):
+        return _train_probes(x, y, weight_decays, n_classes, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed)
+
+
+@torch.no_grad()
+def _train_probes(x: torch.Tensor, y: torch.Tensor, weight_decays: Sequence[float], n_classes: int, *,
                  lr: float, epochs: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One probe per weight decay, trained together: weights [m, d, C] and biases [m, C] on x's device.
 
@@ -207,7 +233,8 @@ def search_plan(d: int, n_classes: int, device_type: str) -> str:
     """How to group the search's candidates into runs, by estimated cost per step (overhead per run
     plus work per candidate): `all` (the 97 in one run), `reach` (the 7 coarse points, then the up
     to 30 points the refinement can reach from their peak) or `steps` (each search step's new ones)."""
-    e, o = d * n_classes, OVERHEAD_ELEMS.get(device_type, OVERHEAD_ELEMS["cpu"])
+    o, k = OVERHEAD_ELEMS.get(device_type, OVERHEAD_ELEMS["cpu"])
+    e = d * n_classes + k
     cost = {"all": o + len(WD_GRID) * e, "reach": 2 * o + (len(COARSE) + 2 * REACH) * e,
             "steps": (1 + len(SPANS)) * o + (len(COARSE) + 2 * len(SPANS)) * e}
     return min(cost, key=cost.__getitem__)
