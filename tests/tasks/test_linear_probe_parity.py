@@ -63,41 +63,32 @@ def trained(tmp_path_factory):
     return ckpt, cfg, model.eval(), preprocess
 
 
-@torch.no_grad()
-def _featurize(model, dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """clip_benchmark's Featurizer over a DataLoader of the dataset, as its evaluate() caches features."""
-    feat = cb.Featurizer(model, normalize=True)
-    xs, ys = [], []
-    for images, target in torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=0):
-        xs.append(feat(images))
-        ys.append(target)
-    return torch.cat(xs), torch.cat(ys)
+def _loader(dataset) -> torch.utils.data.DataLoader:
+    """A loader as clip_benchmark's CLI builds it (no shuffle, 0 workers), with its own generator: the
+    iterator then draws its base seed from it, and the global RNG stays as seeded for the probe."""
+    return torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=False, num_workers=0,
+                                       generator=torch.Generator())
 
 
 def _oracle(trained, tmp_path: Path, val_proportion: float | None, fewshot_k: int) -> dict:
-    """clip_benchmark's evaluate() on features it would have cached (train, val, test); the global RNG
-    seeded right before it, as `torch.manual_seed(seed)` before the call (its CLI seeds at start-up)."""
+    """clip_benchmark's evaluate(), featurizing the datasets itself; the global RNG seeded right before
+    the call, as `torch.manual_seed(seed)` (its CLI seeds at start-up, then builds the model)."""
     _, _, model, preprocess = trained
     train = build_dataset("wds/wds_shapes", root=str(ROOT), transform=preprocess, split="train")
     test = build_dataset("wds/wds_shapes", root=str(ROOT), transform=preprocess, split="test")
-    train_x, train_y = _featurize(model, train)
-    splits = {"train": (train_x, train_y), "test": _featurize(model, test)}
-    if val_proportion is not None:  # evalkit's seeded random_split of the train images, applied to clip_benchmark's
-        tr, va = split_train_val(len(train_y), val_proportion, 0)
-        splits["train"], splits["val"] = (train_x[tr], train_y[tr]), (train_x[va], train_y[va])
-    feature_dir = tmp_path / "features" / "tiny"
-    feature_dir.mkdir(parents=True)
-    for name, (x, y) in splits.items():
-        torch.save(x, feature_dir / f"features_{name}.pt")
-        torch.save(y, feature_dir / f"targets_{name}.pt")
+    train = list(train)  # an indexable copy of the wds train split (a WebDataset cannot be split: the issue's point)
+    val = None
+    if val_proportion is not None:  # evalkit's seeded random_split of the train images, as the CLI splits them
+        tr, va = split_train_val(len(train), val_proportion, 0)
+        train, val = torch.utils.data.Subset(train, tr), torch.utils.data.Subset(train, va)
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # its ~20 fits of tiny kernels: threads only add overhead on a busy machine
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-                return cb.evaluate(model, None, None, fewshot_k, 64, 0, 0.1, 10, "tiny", 0, str(tmp_path / "features"),
-                               _CpuCalledCuda(), val_dataloader=object() if val_proportion is not None else None,
-                               normalize=True, amp=False)
+            return cb.evaluate(model, _loader(train), _loader(test), fewshot_k, 64, 0, 0.1, 10, "tiny", 0,
+                               str(tmp_path / "features"), _CpuCalledCuda(),
+                               val_dataloader=_loader(val) if val is not None else None, normalize=True, amp=False)
     finally:
         torch.set_num_threads(threads)
 
