@@ -48,7 +48,7 @@ SPANS = (8, 4, 2, 1)
 REACH = sum(SPANS)  # how far from the coarse peak the refinement can go
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, which the reference uses
 # Per-step costs in "weight elements" (d x classes) of work: (per run, per candidate). Measured on the
-# CPU (one thread: ~0.6 ms per step of a run, ~40 us per candidate, ~20 ns per element); the CUDA
+# CPU (one thread: ~0.2 ms per step of a run, ~20 us per candidate, ~7 ns per element); the CUDA
 # figure is an estimate of launch overhead against memory bandwidth, not yet measured on a GPU. Only
 # decides how candidates are grouped into runs (time, never results).
 OVERHEAD_ELEMS = {"cuda": (4_000_000, 0), "cpu": (30_000, 2_000)}
@@ -172,6 +172,9 @@ def _train_probes(x: torch.Tensor, y: torch.Tensor, weight_decays: Sequence[floa
     batched matmul, the closed-form gradient of mean cross-entropy ((softmax - onehot) / B), then
     AdamW's update as `torch.optim.AdamW` computes it (decay `1 - lr wd` first, then the moments,
     bias corrections and step), with each candidate's decay factor on the device for every step.
+    Weight and bias are one parameter [m, d + 1, C] over features with a ones column (the reference's
+    AdamW decays both alike), so a step is two matmuls, a softmax and one AdamW update; each epoch's
+    samples are gathered once in their order, so minibatches are views.
     """
     device = x.device
     n, d = x.shape
@@ -184,34 +187,31 @@ def _train_probes(x: torch.Tensor, y: torch.Tensor, weight_decays: Sequence[floa
     # 1 - lr * wd in float64, then float32: the value torch's `param.mul_(1 - lr * wd)` multiplies by
     wd = torch.tensor(list(weight_decays), dtype=torch.float64)
     decay = (1 - torch.tensor(lrs, dtype=torch.float64)[:, None] * wd[None, :]).float().to(device)
-    weight = w0.T.contiguous().to(device).expand(m, d, n_classes).clone()
-    bias = b0.to(device).expand(m, n_classes).clone()
-    state = [(weight, torch.zeros_like(weight), torch.zeros_like(weight)),
-             (bias, torch.zeros_like(bias), torch.zeros_like(bias))]
+    decays = decay.view(-1, m, 1, 1).unbind(0)
+    param = torch.cat([w0.T, b0[None, :]]).to(device).expand(m, d + 1, n_classes).clone()
+    exp_avg, exp_avg_sq = torch.zeros_like(param), torch.zeros_like(param)
+    features = torch.cat([x, torch.ones(n, 1, dtype=x.dtype, device=device)], dim=1)
     onehot = torch.nn.functional.one_hot(y.to(device), n_classes).to(x.dtype)
     beta1, beta2 = BETAS
     t = 0
     for epoch in range(epochs):
-        order = orders[epoch]
+        xe, oe = features[orders[epoch]], onehot[orders[epoch]]
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            xb, ob = x[idx], onehot[idx]
-            logits = torch.baddbmm(bias.unsqueeze(1), xb.expand(m, -1, -1), weight)  # [m, B, C]
-            grad_logits = torch.softmax(logits, dim=-1).sub_(ob).div_(idx.numel())
-            grads = (torch.matmul(xb.T, grad_logits), grad_logits.sum(dim=1))
-            lr_t, step = lrs[t], t + 1
+            xb, ob = xe[start:start + batch_size], oe[start:start + batch_size]
+            grad_logits = torch.softmax(torch.matmul(xb, param), dim=-1).sub_(ob).div_(xb.shape[0])  # [m, B, C]
+            grad = torch.matmul(xb.T, grad_logits)
+            step = t + 1
             bias_correction1 = 1 - beta1 ** step
             bias_correction2 = 1 - beta2 ** step
-            step_size = lr_t / bias_correction1
+            step_size = lrs[t] / bias_correction1
             bias_correction2_sqrt = bias_correction2 ** 0.5
-            for (param, exp_avg, exp_avg_sq), grad in zip(state, grads, strict=True):
-                param.mul_(decay[t].view(m, *([1] * (param.dim() - 1))))
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(EPS)
-                param.addcdiv_(exp_avg, denom, value=-step_size)
+            param.mul_(decays[t])
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(EPS)
+            param.addcdiv_(exp_avg, denom, value=-step_size)
             t += 1
-    return weight, bias
+    return param[:, :d], param[:, d]
 
 
 @torch.no_grad()
