@@ -331,7 +331,10 @@ def split_features(lm: LoadedModel, source: ImageSource, ctx: RunContext) -> tor
     return cache[key]
 
 
-_OPENED: dict[tuple[str, str], ImageSource] = {}  # (root, split) -> source, opened once per process
+# (root, split) -> source, as the latest planning opened it (`open_source`, once per run, re-reads the
+# folder so the hash sees edited files); every checkpoint's `prepare` then reuses it (ImageNet's train
+# split is 1.28M files to list and stat)
+_OPENED: dict[tuple[str, str], ImageSource] = {}
 
 
 def _has_split(root: Path, split: str) -> bool:
@@ -342,13 +345,13 @@ def _has_split(root: Path, split: str) -> bool:
     return (root / split).is_dir()
 
 
-def open_split(root: Path | str, split: str, spec: TaskSpec, key: str) -> ImageSource:
+def open_split(root: Path | str, split: str, spec: TaskSpec, key: str, refresh: bool = False) -> ImageSource:
     """A train or validation split of the task's data, in whichever format the folder is; a folder
     without it is a TaskError naming the task file, the folder and the option."""
     from evalkit.data.open import open_classification
 
     name = str(root)
-    if (name, split) in _OPENED:
+    if not refresh and (name, split) in _OPENED:
         return _OPENED[(name, split)]
     where = f"task {spec.name} ({spec.source or 'no task file'})"
     if not name.startswith("hf:") and not _has_split(Path(root), split):
@@ -477,10 +480,10 @@ class LinearProbe(TaskRunner):
         source = open_classification(root, split=spec.split)
         source.meta["probe_root"] = str(root)
         o = spec.options
-        train = open_split(root, str(o["train_split"]), spec, "train_split")
+        train = open_split(root, str(o["train_split"]), spec, "train_split", refresh=True)
         data: dict[str, Any] = {"train_fingerprint": train.fingerprint, "train_images": len(train)}
         if o.get("val_split"):
-            val = open_split(root, str(o["val_split"]), spec, "val_split")
+            val = open_split(root, str(o["val_split"]), spec, "val_split", refresh=True)
             data.update(val_fingerprint=val.fingerprint, val_images=len(val))
         source.meta["task_data"] = data  # the train (and val) images are part of what the number depends on
         return source
