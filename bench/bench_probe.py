@@ -69,8 +69,9 @@ class Timer:
             self.seconds += time.perf_counter() - t
 
 
-def clip_benchmark_checkpoint(spec: Any, root: Path, feature_root: Path, model_id: str) -> dict[str, dict]:
-    """What clip_benchmark computes for one checkpoint: both variants, from the checkpoint file."""
+def clip_benchmark_checkpoint(spec: Any, root: Path, feature_root: Path, model_id: str, zeroshot: bool) -> dict[str, dict]:
+    """What clip_benchmark computes for one checkpoint: both variants (and zero-shot on the test split),
+    from the checkpoint file."""
     import open_clip
     import torch
     from clip_benchmark.datasets.builder import build_dataset
@@ -91,6 +92,13 @@ def clip_benchmark_checkpoint(spec: Any, root: Path, feature_root: Path, model_i
     test = build_dataset("wds/wds_shapes", root=str(root), transform=preprocess, split="test")
     tr, va = split_train_val(len(train), 0.2, 0)
     out = {}
+    if zeroshot:
+        from clip_benchmark.metrics import zeroshot_classification as zs
+
+        out["wds/wds_shapes"] = zs.evaluate(model, loader(test), open_clip.get_tokenizer(spec.model),
+                                            (root / "classnames.txt").read_text().splitlines(),
+                                            (root / "zeroshot_classification_templates.txt").read_text().splitlines(),
+                                            "cpu", amp=False)
     for task, k in VARIANTS.items():
         torch.manual_seed(0)
         with contextlib.redirect_stdout(io.StringIO()):
@@ -103,8 +111,10 @@ def clip_benchmark_checkpoint(spec: Any, root: Path, feature_root: Path, model_i
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoints", type=int, default=4, help="CLIP checkpoints of the micro grid (>= 2)")
-    ap.add_argument("--cb-threads", default="default,1",
-                    help="torch intra-op threads for clip_benchmark's runs: 'default' and/or numbers")
+    ap.add_argument("--threads", default="1",
+                    help="torch intra-op threads for both tools, one configuration each: numbers and/or 'default'")
+    ap.add_argument("--no-zeroshot", action="store_true", help="only the probes-alone scenario")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N per measurement")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
@@ -129,67 +139,92 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_probe-"))
     tasks = [get_task(t) for t in VARIANTS]
 
-    def ek_run(subset: list, tag: str) -> tuple[float, pd.DataFrame]:
+    def ek_run(subset: list, tag: str, tasks: list) -> tuple[float, pd.DataFrame]:
         t = time.perf_counter()
-        run(subset, tasks, RunOptions(out=work / tag, device="cpu", precision="fp32", cache_dir=work / "cache",
+        run(subset, tasks, RunOptions(data_root=str(root.parent / "{dataset}"), out=work / tag, device="cpu", precision="fp32", cache_dir=work / "cache",
                                       num_workers=0, progress=False))
-        return time.perf_counter() - t, collect(work / tag)
+        dt, table = time.perf_counter() - t, collect(work / tag)
+        failed = table[table.status != "ok"]
+        if len(failed):
+            raise SystemExit(f"evalkit units failed: {sorted(set(failed.error))}")
+        return dt, table
 
-    ek_run(specs[:1], "warmup")  # imports, decode cache: paid once per grid
-    ek_train.seconds = 0.0
-    t1, _ = ek_run(specs[:1], "one")
-    fit_one = ek_train.seconds
-    ek_train.seconds = 0.0
-    tn, table = ek_run(specs, "all")
-    fit_all = ek_train.seconds
-    ok = table[table.status == "ok"]
-    ek_marginal = (tn - t1) / (len(specs) - 1)
-    units = table.drop_duplicates("unit_id")
-    ek_own = float(units.duration_s.sum()) / len(specs)
-
-    cb_rows: dict[str, dict] = {}
+    ek_run(specs[:1], "warmup", tasks)  # imports, decode cache: paid once per grid
     problems: list[str] = []
-    for setting in [s.strip() for s in args.cb_threads.split(",") if s.strip()]:
-        torch.set_num_threads(default_threads if setting == "default" else int(setting))
-        times, fits = [], []
-        for i, spec in enumerate(specs):
-            cb_train.seconds = 0.0
-            t = time.perf_counter()
-            got = clip_benchmark_checkpoint(spec, root, work / f"cb-features-{setting}", f"ckpt{i}")
-            times.append(time.perf_counter() - t)
-            fits.append(cb_train.seconds)
-            for task, theirs in got.items():
-                ours = ok[(ok.checkpoint == spec.pretrained) & (ok.task == task)].set_index("metric").value
-                if not math.isclose(float(ours.get("weight_decay", float("nan"))), theirs["weight_decay"], rel_tol=1e-12):
-                    problems.append(f"{spec.name} {task}: weight_decay {ours.get('weight_decay')} vs {theirs['weight_decay']}")
-                for m in ("lp_acc1", "lp_acc5", "lp_mean_per_class_recall"):
-                    a, b = float(ours.get(m, float("nan"))), float(theirs[m])
-                    if not (math.isclose(a, b, abs_tol=1 / N_TEST + 1e-9) or (math.isnan(a) and math.isnan(b))):
-                        problems.append(f"{spec.name} {task}: {m} {a} vs {b}")
-        label = f"{default_threads} (default)" if setting == "default" else setting
-        cb_rows[label] = {"marginal": sum(times[1:]) / (len(times) - 1), "fit": sum(fits[1:]) / (len(fits) - 1),
-                          "first": times[0]}
+    rows = []
+
+    def check(spec: Any, ok: pd.DataFrame, got: dict[str, dict]) -> None:
+        for task, theirs in got.items():
+            ours = ok[(ok.checkpoint == spec.pretrained) & (ok.task == task)].set_index("metric").value
+            keys = ["acc1", "acc5", "mean_per_class_recall"] if task.startswith("wds/") else [
+                "lp_acc1", "lp_acc5", "lp_mean_per_class_recall"]
+            if not task.startswith("wds/") and not math.isclose(float(ours.get("weight_decay", float("nan"))),
+                                                                 theirs["weight_decay"], rel_tol=1e-12):
+                problems.append(f"{spec.name} {task}: weight_decay {ours.get('weight_decay')} vs {theirs['weight_decay']}")
+            for m in keys:
+                a, b = float(ours.get(m, float("nan"))), float(theirs[m])
+                if not (math.isclose(a, b, abs_tol=1 / N_TEST + 1e-9) or (math.isnan(a) and math.isnan(b))):
+                    problems.append(f"{spec.name} {task}: {m} {a} vs {b}")
+
+    for scenario, zeroshot in (("probes", False), ("zero-shot + probes", True)):
+        if scenario == "zero-shot + probes" and args.no_zeroshot:
+            continue
+        ek_tasks = tasks + ([get_task("wds/wds_shapes")] if zeroshot else [])
+        for setting in [x.strip() for x in args.threads.split(",") if x.strip()]:
+            threads = default_threads if setting == "default" else int(setting)
+            torch.set_num_threads(threads)
+            ek_t1, ek_tn, ek_own, ek_fit = [], [], [], []
+            cb_t: list[list[float]] = [[] for _ in specs]
+            cb_f: list[list[float]] = [[] for _ in specs]
+            for rep in range(args.repeat):  # the tools interleaved, best of N per measurement: the machine is shared
+                tag = f"{scenario[:4]}-{setting}-{rep}"
+                ek_train.seconds = 0.0
+                t1, _ = ek_run(specs[:1], f"one-{tag}", ek_tasks)
+                fit_one = ek_train.seconds
+                ek_train.seconds = 0.0
+                tn, table = ek_run(specs, f"all-{tag}", ek_tasks)
+                ek_t1.append(t1)
+                ek_tn.append(tn)
+                ek_fit.append((ek_train.seconds - fit_one) / (len(specs) - 1))
+                ek_own.append(float(table.drop_duplicates("unit_id").duration_s.sum()) / len(specs))
+                ok = table[table.status == "ok"]
+                for i, spec in enumerate(specs):
+                    cb_train.seconds = 0.0
+                    t = time.perf_counter()
+                    got = clip_benchmark_checkpoint(spec, root, work / f"cb-{tag}", f"ckpt{i}", zeroshot)
+                    cb_t[i].append(time.perf_counter() - t)
+                    cb_f[i].append(cb_train.seconds)
+                    check(spec, ok, got)
+            cb_marginal = sum(min(v) for v in cb_t[1:]) / (len(specs) - 1)  # checkpoints 2..N, best of the repeats
+            cb_fit = sum(min(v) for v in cb_f[1:]) / (len(specs) - 1)
+            spread = max((max(v) - min(v)) / min(v) for v in [ek_tn, *cb_t])
+            rows.append({"scenario": scenario, "threads": f"{threads}" + (" (torch's default)" if setting == "default" else ""),
+                         "cb": cb_marginal, "cb_fit": cb_fit, "ek": (min(ek_tn) - min(ek_t1)) / (len(specs) - 1),
+                         "ek_own": min(ek_own), "ek_fit": min(ek_fit), "spread": spread})
     torch.set_num_threads(default_threads)
 
     n_compared = len(specs) * len(VARIANTS)
     lines = [f"{len(specs)} CLIP checkpoints of the micro grid x 2 probe variants (`shapes_lp`: full data, weight "
              "decay searched on a seeded 20 % of the 200 train images, refit on all; `shapes_lp10`: 10-shot with the "
-             "search), scored on the 400 test images; fp32, CPU, batch 64, 0 data-loading workers for both, one "
-             "process. The machine is shared with other jobs (see the load average), so absolute seconds are noisy; "
-             "both tools ran in the same minutes.", "",
-             "| tool | torch threads | marginal s per checkpoint (both variants) | of which probe fitting |",
-             "|---|---|---|---|"]
-    ek_fit = (fit_all - fit_one) / (len(specs) - 1)
-    for label, r in cb_rows.items():
-        lines.append(f"| clip_benchmark linear_probe | {label} | {r['marginal']:.3f} | {r['fit']:.3f} |")
-    lines.append(f"| evalkit linear_probe | {default_threads} (default; small fits on 1) | {ek_marginal:.3f} | {ek_fit:.3f} |")
-    lines.append(f"| evalkit, its own account (units' duration_s / checkpoint) | | {ek_own:.3f} | |")
-    lines += ["", "| evalkit's cost as a fraction of clip_benchmark's | marginal per checkpoint | probe fitting |",
-              "|---|---|---|"]
-    for label, r in cb_rows.items():
-        lines.append(f"| vs clip_benchmark on {label} threads | {r['marginal'] / ek_marginal:.1f}x lower "
-                     f"(own account: {r['marginal'] / ek_own:.1f}x) | {r['fit'] / ek_fit:.1f}x lower |")
-    lines += ["", f"Results checked on {n_compared} (checkpoint, variant) pairs: "
+             "search), scored on the 400 test images; in the second scenario also zero-shot classification of the "
+             "same 400 test images (`wds/wds_shapes`), as a grid measures both. fp32, CPU, batch 64, 0 data-loading "
+             "workers, the same torch intra-op thread count for both tools (evalkit's small probe fits always "
+             f"run on 1), one process; best of {args.repeat} per measurement, the tools interleaved. The machine is "
+             "shared with other jobs (see the load average and the spread column: how much one measurement varied "
+             "between repeats), so absolute seconds are noisy.", "",
+             "Marginal cost per checkpoint (seconds; both probe variants, and zero-shot where listed): "
+             "clip_benchmark, the mean over checkpoints 2..N of each checkpoint's time (load, datasets, "
+             "featurize, fits); evalkit, (N-checkpoint run - 1-checkpoint run) / (N - 1), and its own account "
+             "(units' duration_s summed / N). Probe fitting: the time inside clip_benchmark's `train` / "
+             "evalkit's `train_probes`.", "",
+             "| scenario | threads | clip_benchmark s/ckpt | evalkit s/ckpt (own account) | lower by | clip_benchmark fitting s/ckpt | evalkit fitting s/ckpt | lower by | spread |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['scenario']} | {r['threads']} | {r['cb']:.3f} | {r['ek']:.3f} ({r['ek_own']:.3f}) | "
+                     f"{r['cb'] / r['ek']:.1f}x ({r['cb'] / r['ek_own']:.1f}x) | {r['cb_fit']:.3f} | {r['ek_fit']:.3f} | "
+                     f"{r['cb_fit'] / r['ek_fit']:.0f}x | {100 * r['spread']:.0f} % |")
+    lines += ["", f"Results checked in every configuration and repeat, on {n_compared} (checkpoint, variant) pairs "
+              "(and the zero-shot metrics where run): "
               + ("the chosen weight decay equal and lp_acc1 / lp_acc5 / lp_mean_per_class_recall within 1/400 on every "
                  "one." if not problems else f"{len(problems)} differ: " + "; ".join(problems[:10]))]
     print("\n".join(lines))
