@@ -388,11 +388,20 @@ class ProbeData:
     val: ImageSource | None
     val_pos: list[int]
     n_classes: int
+    train_labels: np.ndarray  # class id per image of `train`
+    val_labels: np.ndarray | None  # ... of `val`
+
+
+# resolved task hash -> its ProbeData: computed when planning validates the task, reused by every
+# checkpoint (ImageNet's few-shot draw walks 1.28M labels)
+_PROBE_DATA: dict[str, ProbeData] = {}
 
 
 def probe_data(spec: TaskSpec, source: ImageSource) -> ProbeData:
     """Open the splits and apply val_proportion and fewshot_k; every refusal (a class below k, test
     classes the train split lacks) raises here, before any checkpoint is loaded."""
+    if spec.is_resolved and spec.hash in _PROBE_DATA:
+        return _PROBE_DATA[spec.hash]
     o = spec.options
     root = source.meta["probe_root"]
     where = f"task {spec.name} ({spec.source or 'no task file'})"
@@ -433,7 +442,11 @@ def probe_data(spec: TaskSpec, source: ImageSource) -> ProbeData:
             raise DataError(f"{other.name}: its class folders differ from the train split's ({train.name}), so class "
                             f"ids would not match; split '{what}' and '{o['train_split']}' need the same classes.")
     train_pos = [pos[i] for i in fewshot_select(labels[pos], k, int(o["seed"]))]
-    return ProbeData(train, train_pos, val, val_pos, n_classes)
+    val_labels = None if val is None else labels if val is train else _int_targets(val, str(o["val_split"]))
+    data = ProbeData(train, train_pos, val, val_pos, n_classes, labels, val_labels)
+    if spec.is_resolved:
+        _PROBE_DATA[spec.hash] = data
+    return data
 
 
 # ------------------------------------------------------------------------------------------------
@@ -496,7 +509,7 @@ class LinearProbe(TaskRunner):
         o = self.spec.options
         data = probe_data(self.spec, self.source)
         feats = split_features(lm, data.train, ctx)
-        labels = torch.as_tensor(_int_targets(data.train, str(o["train_split"])), device=feats.device)
+        labels = torch.as_tensor(data.train_labels, device=feats.device)
         pos = torch.as_tensor(data.train_pos, device=feats.device)
         x, y = feats[pos], labels[pos]
         where = f"task {self.spec.name}"
@@ -509,8 +522,7 @@ class LinearProbe(TaskRunner):
             w, b = w[0], b[0]
         else:
             vfeats = split_features(lm, data.val, ctx)
-            vlabels = torch.as_tensor(_int_targets(data.val, str(o.get("val_split") or o["train_split"])),
-                                      device=feats.device)
+            vlabels = torch.as_tensor(data.val_labels, device=feats.device)
             vpos = torch.as_tensor(data.val_pos, device=feats.device)
             xv, yv = vfeats[vpos], vlabels[vpos]
             if not torch.isfinite(xv).all():
