@@ -3,7 +3,7 @@ side in one process: marginal cost per checkpoint and equal results.
 
 Data: the embedded world's wds_shapes (train 200 images to fit, a seeded 20 % of them to choose the
 weight decay, test 400 to score). Variants, as a grid measures them: the full-data probe with the
-weight-decay search (`shapes_lp`) and the 10-shot probe with the search (`shapes_lp10`). Checkpoints:
+weight-decay search (`wds_shapes_lp`) and the 10-shot probe with the search (`wds_shapes_lp10`). Checkpoints:
 the micro grid's CLIP runs, fp32, CPU, batch 64, data-loading workers 0 for both.
 
 clip_benchmark runs its own `linear_probe.evaluate` per checkpoint and variant, patched only to run on
@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results_md import write_section  # noqa: E402
 
-VARIANTS = {"shapes_lp": -1, "shapes_lp10": 10}
+VARIANTS = {"wds_shapes_lp": -1, "wds_shapes_lp10": 10}
 READING = ("Reading: the goal of a >= 10x lower cost is met for the probe fitting (the ~20 sequential fits that "
            "clip_benchmark spends its time on), and not necessarily for the whole marginal cost per checkpoint on "
            "the micro grid: with its fits down to a few hundredths of a second, evalkit's remaining time per "
@@ -212,8 +212,8 @@ def main() -> int:
     torch.set_num_threads(default_threads)
 
     n_compared = len(specs) * len(VARIANTS)
-    lines = [f"{len(specs)} CLIP checkpoints of the micro grid x 2 probe variants (`shapes_lp`: full data, weight "
-             "decay searched on a seeded 20 % of the 200 train images, refit on all; `shapes_lp10`: 10-shot with the "
+    lines = [f"{len(specs)} CLIP checkpoints of the micro grid x 2 probe variants (`wds_shapes_lp`: full data, weight "
+             "decay searched on a seeded 20 % of the 200 train images, refit on all; `wds_shapes_lp10`: 10-shot with the "
              "search), scored on the 400 test images; in the second scenario also zero-shot classification of the "
              "same 400 test images (`wds/wds_shapes`), as a grid measures both. fp32, CPU, batch 64, 0 data-loading "
              "workers, the same torch intra-op thread count for both tools (evalkit's small probe fits always "

@@ -324,11 +324,15 @@ def _lines(items: list[str] | tuple[str, ...]) -> str:
 # ------------------------------------------------------------------------------------------- formats
 
 
-def write_imagenet_folder(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
-    """`val/<wnid>/<name>.JPEG` (torchvision ImageFolder order = sorted wnids = class index)."""
+def write_imagenet_folder(root: Path, test: list[Sample], jpegs: list[bytes], train: list[Sample] = (),
+                          train_jpegs: list[bytes] = ()) -> None:
+    """`val/<wnid>/<name>.JPEG` (torchvision ImageFolder order = sorted wnids = class index), and the
+    linear probes' `train/<wnid>/<wnid>_<n>.JPEG` as ImageNet's train folder names them."""
     base = root / "imagenet_folder"
     for s, jpg in zip(test, jpegs, strict=True):
         _write(base / "val" / WNIDS[s.label] / f"ILSVRC2012_val_{s.index + 1:08d}.JPEG", jpg)
+    for s, jpg in zip(train, train_jpegs, strict=True):
+        _write(base / "train" / WNIDS[s.label] / f"{WNIDS[s.label]}_{s.index + 1}.JPEG", jpg)
     _write(base / "classnames.txt", _lines(CLASSNAMES))
     _write(base / "wnids.txt", _lines(WNIDS))
     _write(base / "LOC_synset_mapping.txt", _lines([f"{w} {c}" for w, c in zip(WNIDS, CLASSNAMES, strict=True)]))
@@ -339,7 +343,8 @@ def _shards(n: int) -> list[range]:
     return [range(i, min(n, i + per)) for i in range(0, n, per)]
 
 
-def write_wds(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
+def write_wds(root: Path, test: list[Sample], jpegs: list[bytes], train: list[Sample] = (),
+              train_jpegs: list[bytes] = ()) -> None:
     """clip_benchmark `wds/<name>` layouts for classification (.cls) and retrieval (.txt); the
     classification folder also has the `train` split linear probes fit on (keys `tNNNNNN`)."""
     cls_dir, cap_dir = root / "wds_shapes", root / "wds_shapes_captions"
@@ -357,13 +362,14 @@ def write_wds(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
         _write(d / "dataset_type.txt", f"{kind}\n")
     _write(cls_dir / "classnames.txt", _lines(CLASSNAMES))
     _write(cls_dir / "zeroshot_classification_templates.txt", _lines(TEMPLATES))
-    train = list(iter_split("lp_train", N_LP_TRAIN))
+    if not train:
+        return
     train_shards = _shards(len(train))
     for k, idx in enumerate(train_shards):
         members = []
         for i in idx:
             key = f"t{train[i].index:06d}"
-            members += [(f"{key}.jpg", encode_jpeg(train[i].image)), (f"{key}.cls", str(train[i].label).encode())]
+            members += [(f"{key}.jpg", train_jpegs[i]), (f"{key}.cls", str(train[i].label).encode())]
         _write(cls_dir / "train" / f"{k}.tar", _tar(members))
     _write(cls_dir / "train" / "nshards.txt", f"{len(train_shards)}\n")
 
@@ -442,13 +448,15 @@ def generator_info() -> dict[str, str | int]:
 
 
 def write_world(root: Path) -> None:
-    """Write every format of the held-out test world (plus the small ADE train split) under `root`."""
+    """Write every format of the held-out test world (plus the small ADE and probe train splits) under `root`."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     test = list(iter_split("test", N_TEST))
     jpegs = [encode_jpeg(s.image) for s in test]
-    write_imagenet_folder(root, test, jpegs)
-    write_wds(root, test, jpegs)
+    train = list(iter_split("lp_train", N_LP_TRAIN))  # the linear probes' train split, in both layouts
+    train_jpegs = [encode_jpeg(s.image) for s in train]
+    write_imagenet_folder(root, test, jpegs, train, train_jpegs)
+    write_wds(root, test, jpegs, train, train_jpegs)
     write_coco(root, test, jpegs)
     write_flickr(root, test, jpegs)
     write_ade(root, test, jpegs)

@@ -202,7 +202,7 @@ def test_separable_two_classes_exact_accuracy():
 
 def _task_file(tmp_path: Path, body: str, name: str = "probe") -> Path:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(f"name: {name}\ninclude: shapes_lp\n{body}")
+    path.write_text(f"name: {name}\ninclude: wds_shapes_lp\n{body}")
     return path
 
 
@@ -228,8 +228,8 @@ def test_data_without_train_split_is_refused_before_any_work(tmp_path):
     root = tmp_path / "wds_shapes"
     shutil.copytree(WDS, root, ignore=shutil.ignore_patterns("train"))
     with pytest.raises(TaskError, match=r"trains on split 'train' \(train_split\), but .* has no 'train' folder") as e:
-        open_task(get_task("shapes_lp"), root)
-    assert "shapes_lp.yaml" in str(e.value)
+        open_task(get_task("wds_shapes_lp"), root)
+    assert "wds_shapes_lp.yaml" in str(e.value)
 
 
 def test_fewshot_k_beyond_the_smallest_class_names_it(tmp_path):
@@ -272,30 +272,36 @@ def test_nan_checkpoint_fails_its_probe_unit_only(tmp_path):
     bad = tmp_path / "nan.pt"
     torch.save(state, bad)
     specs = [ModelSpec(model=str(cfg), pretrained=str(bad)), ModelSpec(model=str(cfg), pretrained=str(ckpt))]
-    table = evalkit.evaluate(specs, ["shapes_lp"], out=tmp_path / "o", device="cpu", precision="fp32",
+    table = evalkit.evaluate(specs, ["wds_shapes_lp"], out=tmp_path / "o", device="cpu", precision="fp32",
                              cache_dir=tmp_path / "cache")
     failed, ok = table[table.checkpoint == str(bad)], table[table.checkpoint == str(ckpt)]
     assert (failed.status == "failed").all() and len(failed) == 1
-    assert failed.error.iloc[0].startswith("ProbeDiverged: task shapes_lp:") and "NaN" in failed.error.iloc[0]
+    assert failed.error.iloc[0].startswith("ProbeDiverged: task wds_shapes_lp:") and "NaN" in failed.error.iloc[0]
     assert (ok.status == "ok").all() and ok.set_index("metric").value["lp_acc1"] > 0.5
 
 
 def test_probe_variants_share_one_train_pass_per_checkpoint(tmp_path, monkeypatch):
-    """shapes_lp and shapes_lp10 on two checkpoints: the train split is encoded once per checkpoint."""
+    """shapes, shapes_lp and shapes_lp10 on two checkpoints: per checkpoint the train split is encoded
+    once for both probes, and the val split once for all three tasks (the engine's pass)."""
+    import evalkit.engine.loop as loop
+
     calls: list[str] = []
-    real = lp.encode_images
 
-    def counting(lm, source, needs, ctx, batch_size=None):
-        calls.append(source.name)
-        return real(lm, source, needs, ctx, batch_size)
+    def counting(real):
+        def encode(lm, source, needs, ctx, batch_size=None):
+            calls.append(source.name)
+            return real(lm, source, needs, ctx, batch_size)
+        return encode
 
-    monkeypatch.setattr(lp, "encode_images", counting)
+    monkeypatch.setattr(lp, "encode_images", counting(lp.encode_images))
+    monkeypatch.setattr(loop, "encode_images", counting(loop.encode_images))
     specs = [ModelSpec(model=str(trained_checkpoint(r)[1]), pretrained=str(trained_checkpoint(r)[0]))
              for r in ("tinyclip-S_s2k", "tinyclip-M_s2k")]
-    table = evalkit.evaluate(specs, ["shapes_lp", "shapes_lp10"], out=tmp_path / "o", device="cpu",
+    table = evalkit.evaluate(specs, ["shapes", "shapes_lp", "shapes_lp10"], out=tmp_path / "o", device="cpu",
                              precision="fp32", cache_dir=tmp_path / "cache")
     assert (table.status == "ok").all(), table.error.tolist()
-    assert calls == [str(WDS)] * 2  # one train pass per checkpoint (the test split goes through the engine)
+    folder = DATA / "imagenet_folder"
+    assert sorted(calls) == sorted([str(folder / "train"), str(folder / "val")] * 2)
     wd = table[table.metric == "weight_decay"].value
     assert set(wd).issubset(set(lp.WD_GRID))
 

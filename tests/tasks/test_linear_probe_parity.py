@@ -97,7 +97,7 @@ def _evalkit(trained, tmp_path: Path, extra: str) -> dict:
     ckpt, cfg, _, _ = trained
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    (tasks / "probe.yaml").write_text(f"name: probe\ninclude: shapes_lp\n{extra}")
+    (tasks / "probe.yaml").write_text(f"name: probe\ninclude: wds_shapes_lp\n{extra}")
     table = evalkit.evaluate(ModelSpec(model=str(cfg), pretrained=str(ckpt)), [str(tasks / "probe.yaml")],
                              out=tmp_path / "out", device="cpu", precision="fp32", cache_dir=tmp_path / "cache")
     assert (table.status == "ok").all(), table.error.tolist()
