@@ -1,9 +1,9 @@
 """`make demo`: the main job on the embedded default.
 
-Evaluates every checkpoint of the embedded micro grid on the embedded benchmarks (folder and wds
-layouts of the shapes classification split, plus whatever other embedded tasks are registered),
-writes the results table, prints a summary, fits a scaling law on the grid with a plot, and ends by
-writing the report page (`results/demo/report.html`) and printing its path.
+Evaluates every checkpoint of the embedded micro grid on the embedded benchmarks (zero-shot on the
+shapes classification split, its linear probe `shapes_lp` beside it, plus whatever other embedded
+tasks are registered), writes the results table, prints a summary, fits a scaling law on the grid with
+a plot, and ends by writing the report page (`results/demo/report.html`) and printing its path.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 DEMO_TASKS = ["shapes"]
-OPTIONAL_TASKS = ["shapes_coco", "shapes_ade20k"]  # retrieval and segmentation on the same world
+# the linear probe (fit on wds_shapes/train), retrieval and segmentation on the same world
+OPTIONAL_TASKS = ["shapes_lp", "shapes_coco", "shapes_ade20k"]
 
 
 def main(out: str = "results/demo") -> int:
@@ -36,7 +37,7 @@ def main(out: str = "results/demo") -> int:
     print(f"\nunits: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already done "
           f"({time.time() - t0:.1f} s)")
     print(f"results table: {Path(out) / 'results.parquet'} and results.csv ({len(table)} rows)\n")
-    main_rows = ok[ok.metric.isin(["acc1", "image_retrieval_recall@5", "mean_recall@1", "miou"])]
+    main_rows = ok[ok.metric.isin(["acc1", "lp_acc1", "image_retrieval_recall@5", "mean_recall@1", "miou"])]
     if not main_rows.empty:
         wide = main_rows.pivot_table(index=["model", "samples_seen"], columns=["task", "metric"], values="value")
         with __import__("pandas").option_context("display.width", 160, "display.max_columns", 20):

@@ -97,8 +97,9 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
 )
 
 # Root seeds per split; every image gets its own generator seeded by (root, index).
-SPLIT_SEEDS = {"train": 1001, "test": 2002, "ade_train": 3003}
+SPLIT_SEEDS = {"train": 1001, "test": 2002, "ade_train": 3003, "lp_train": 4004}
 N_TEST = 400
+N_LP_TRAIN = 200  # the linear probes' train split (wds_shapes/train): 20 per class, unseen by the grid
 N_ADE_TRAIN = 300
 N_ADE_VAL = 200  # first N test images, so segmentation and classification share pixels
 N_SHARDS = 2
@@ -206,8 +207,8 @@ def _image_size(rng: np.random.Generator) -> tuple[int, int]:
 
 
 def class_for(split: str, index: int, rng: np.random.Generator) -> int:
-    """Test labels are balanced (index mod K); training labels are drawn at random."""
-    if split == "test":
+    """Test and probe-train labels are balanced (index mod K); training labels are drawn at random."""
+    if split in ("test", "lp_train"):
         return index % len(CLASSES)
     return int(rng.integers(len(CLASSES)))
 
@@ -323,11 +324,15 @@ def _lines(items: list[str] | tuple[str, ...]) -> str:
 # ------------------------------------------------------------------------------------------- formats
 
 
-def write_imagenet_folder(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
-    """`val/<wnid>/<name>.JPEG` (torchvision ImageFolder order = sorted wnids = class index)."""
+def write_imagenet_folder(root: Path, test: list[Sample], jpegs: list[bytes], train: list[Sample] = (),
+                          train_jpegs: list[bytes] = ()) -> None:
+    """`val/<wnid>/<name>.JPEG` (torchvision ImageFolder order = sorted wnids = class index), and the
+    linear probes' `train/<wnid>/<wnid>_<n>.JPEG` as ImageNet's train folder names them."""
     base = root / "imagenet_folder"
     for s, jpg in zip(test, jpegs, strict=True):
         _write(base / "val" / WNIDS[s.label] / f"ILSVRC2012_val_{s.index + 1:08d}.JPEG", jpg)
+    for s, jpg in zip(train, train_jpegs, strict=True):
+        _write(base / "train" / WNIDS[s.label] / f"{WNIDS[s.label]}_{s.index + 1}.JPEG", jpg)
     _write(base / "classnames.txt", _lines(CLASSNAMES))
     _write(base / "wnids.txt", _lines(WNIDS))
     _write(base / "LOC_synset_mapping.txt", _lines([f"{w} {c}" for w, c in zip(WNIDS, CLASSNAMES, strict=True)]))
@@ -338,8 +343,10 @@ def _shards(n: int) -> list[range]:
     return [range(i, min(n, i + per)) for i in range(0, n, per)]
 
 
-def write_wds(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
-    """clip_benchmark `wds/<name>` layouts for classification (.cls) and retrieval (.txt)."""
+def write_wds(root: Path, test: list[Sample], jpegs: list[bytes], train: list[Sample] = (),
+              train_jpegs: list[bytes] = ()) -> None:
+    """clip_benchmark `wds/<name>` layouts for classification (.cls) and retrieval (.txt); the
+    classification folder also has the `train` split linear probes fit on (keys `tNNNNNN`)."""
     cls_dir, cap_dir = root / "wds_shapes", root / "wds_shapes_captions"
     shards = _shards(len(test))
     for k, idx in enumerate(shards):
@@ -355,6 +362,16 @@ def write_wds(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
         _write(d / "dataset_type.txt", f"{kind}\n")
     _write(cls_dir / "classnames.txt", _lines(CLASSNAMES))
     _write(cls_dir / "zeroshot_classification_templates.txt", _lines(TEMPLATES))
+    if not train:
+        return
+    train_shards = _shards(len(train))
+    for k, idx in enumerate(train_shards):
+        members = []
+        for i in idx:
+            key = f"t{train[i].index:06d}"
+            members += [(f"{key}.jpg", train_jpegs[i]), (f"{key}.cls", str(train[i].label).encode())]
+        _write(cls_dir / "train" / f"{k}.tar", _tar(members))
+    _write(cls_dir / "train" / "nshards.txt", f"{len(train_shards)}\n")
 
 
 def write_coco(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
@@ -424,19 +441,22 @@ def generator_info() -> dict[str, str | int]:
     import PIL
     from PIL import features
 
-    return {"world_version": WORLD_VERSION, "numpy": np.__version__, "pillow": PIL.__version__,
+    return {"world_version": WORLD_VERSION, "splits": {"test": N_TEST, "ade_train": N_ADE_TRAIN, "lp_train": N_LP_TRAIN},
+            "numpy": np.__version__, "pillow": PIL.__version__,
             "libjpeg": str(features.version("jpg")),
             "libjpeg_turbo": str(features.version("libjpeg_turbo")), "zlib": zlib.ZLIB_VERSION}
 
 
 def write_world(root: Path) -> None:
-    """Write every format of the held-out test world (plus the small ADE train split) under `root`."""
+    """Write every format of the held-out test world (plus the small ADE and probe train splits) under `root`."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     test = list(iter_split("test", N_TEST))
     jpegs = [encode_jpeg(s.image) for s in test]
-    write_imagenet_folder(root, test, jpegs)
-    write_wds(root, test, jpegs)
+    train = list(iter_split("lp_train", N_LP_TRAIN))  # the linear probes' train split, in both layouts
+    train_jpegs = [encode_jpeg(s.image) for s in train]
+    write_imagenet_folder(root, test, jpegs, train, train_jpegs)
+    write_wds(root, test, jpegs, train, train_jpegs)
     write_coco(root, test, jpegs)
     write_flickr(root, test, jpegs)
     write_ade(root, test, jpegs)

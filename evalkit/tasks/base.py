@@ -25,7 +25,7 @@ from evalkit.tasks.spec import TaskError, TaskSpec
 PROTOCOL_MODULES = ("evalkit.tasks.protocols.zeroshot_classification", "evalkit.tasks.protocols.zeroshot_retrieval",
                     "evalkit.tasks.protocols.segmentation", "evalkit.tasks.protocols.generative_zeroshot_classification",
                     "evalkit.tasks.protocols.image_caption_selection",
-                    "evalkit.tasks.protocols.generative_image_caption_selection")
+                    "evalkit.tasks.protocols.generative_image_caption_selection", "evalkit.tasks.protocols.linear_probe")
 
 
 def _check_protocol(name: str, cls: Any) -> None:
