@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from evalkit.data.sources import DataError, ImageSource
-from evalkit.errors import EvalkitError
+from evalkit.errors import UserError
 from evalkit.models.family import LoadedModel
 from evalkit.tasks.base import RunContext, TaskResult, TaskRunner, encode_images, register_protocol
 from evalkit.tasks.protocols.zeroshot_classification import mean_per_class_recall
@@ -56,8 +56,9 @@ SMALL_STEP = 1 << 20  # candidates x d x classes below which a CPU fit runs on o
 EVAL_CHUNK = 1 << 24  # candidates x rows x classes logits per evaluation chunk (64 MB of floats)
 
 
-class ProbeDiverged(EvalkitError, FloatingPointError):
-    """The probe's training produced NaN/inf (a diverging fit or non-finite features): that unit fails."""
+class ProbeDiverged(UserError, FloatingPointError):
+    """The probe's training produced NaN/inf (a diverging fit or non-finite features): that unit fails,
+    in one line naming the task (the checkpoint's numbers, not a bug in evalkit)."""
 
 
 @dataclass
