@@ -88,7 +88,9 @@ def subset_per_class(source: ImageSource, n: int) -> ImageSource:
             keep.append(i)
     opener = source.opener
     fp = hashlib.sha1(f"{source.fingerprint}|max_per_class={n}".encode()).hexdigest()
-    return replace(source, ids=[source.ids[i] for i in keep], opener=lambda j: opener(keep[j]),
+    # its own name too: the engine shares one image pass between tasks of the same source name
+    return replace(source, name=f"{source.name} (first {n} per class)", ids=[source.ids[i] for i in keep],
+                   opener=lambda j: opener(keep[j]),
                    targets=[source.targets[i] for i in keep], fingerprint=fp,
                    meta={**source.meta, "subset_of": len(source), "max_per_class": n})
 
