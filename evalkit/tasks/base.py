@@ -22,7 +22,8 @@ from evalkit.tasks.spec import TaskSpec
 # The built-in protocols, read in this one place; other packages add theirs through the entry-point
 # group `evalkit.protocols` (a module that calls `register_protocol`, or a TaskRunner subclass).
 PROTOCOL_MODULES = ("evalkit.tasks.protocols.zeroshot_classification", "evalkit.tasks.protocols.zeroshot_retrieval",
-                    "evalkit.tasks.protocols.segmentation", "evalkit.tasks.protocols.generative_zeroshot_classification")
+                    "evalkit.tasks.protocols.segmentation", "evalkit.tasks.protocols.generative_zeroshot_classification",
+                    "evalkit.tasks.protocols.losses")
 
 
 def _check_protocol(name: str, cls: Any) -> None:
@@ -49,6 +50,33 @@ READOUTS: dict[str, Callable[[LoadedModel, torch.Tensor], torch.Tensor]] = {
     # score their token sequences against it with `lm.caption_scores` / `lm.caption_log_likelihood`
     "caption_context": lambda lm, images: lm.caption_context(images),
 }
+
+# Both heads' image readouts in one tensor (the engine hands a runner one readout): row 0 the contrastive
+# image features, rows 1.. the decoder context, each zero-padded to the wider width; `unpack_both`.
+BOTH = "caption_context+image_features"
+
+
+def _pack_both(lm: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+    ctx, feats = lm.caption_context(images), lm.encode_image(images)
+    width = max(ctx.shape[-1], feats.shape[-1])
+    out = ctx.new_zeros(ctx.shape[0], 1 + ctx.shape[1], width)
+    out[:, 0, : feats.shape[-1]] = feats
+    out[:, 1:, : ctx.shape[-1]] = ctx
+    return out
+
+
+def unpack_both(packed: torch.Tensor, feature_width: int, context_width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image features [B, E], decoder context [B, N, D]) of a `BOTH` readout."""
+    return packed[:, 0, :feature_width], packed[:, 1:, :context_width]
+
+
+def context_width(lm: LoadedModel) -> int:
+    """The width D of the model's decoder context (what its cross-attention's `ln_1_kv` normalises)."""
+    cross = next(blk for kind, blk in lm.require_captioner().layers if kind == "cross")
+    return int(cross.ln_1_kv.normalized_shape[0])
+
+
+READOUTS[BOTH] = _pack_both
 
 
 def _to_device(batch: torch.Tensor, device: torch.device, copy_stream: torch.cuda.Stream | None) -> torch.Tensor:
