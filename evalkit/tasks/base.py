@@ -163,6 +163,12 @@ class TaskRunner:
         return frozenset({"contrastive"})
 
     @classmethod
+    def cost_per_image(cls, spec: TaskSpec) -> float:
+        """A unit's compute per image, in forwards of the model (what shards balance): 1 for a
+        protocol that reads each image's readout once."""
+        return 1.0
+
+    @classmethod
     def check_options(cls, spec: TaskSpec) -> None:
         """Refuse option values the protocol cannot run (a `TaskError` naming the file)."""
 
