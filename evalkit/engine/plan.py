@@ -127,8 +127,14 @@ def assign_shards(units: list[Unit], n: int,
 
 
 def _task_size(task: TaskSpec) -> float | None:
-    """Images a unit of this task encodes (its resolved data's count; None when unresolved)."""
-    return float(task.data["n_images"]) if task.data and task.data.get("n_images") else None
+    """Images a unit of this task encodes (its resolved data's count; None when unresolved), times its
+    protocol's cost per image in image forwards (a generative task scores every prompt per image)."""
+    if not (task.data and task.data.get("n_images")):
+        return None
+    from evalkit.tasks.base import protocols
+
+    proto = protocols().get(task.type)
+    return float(task.data["n_images"]) * (proto.cost_per_image(task) if proto is not None else 1.0)
 
 
 @functools.lru_cache(maxsize=256)

@@ -25,7 +25,8 @@ from evalkit.tasks.spec import TaskError, TaskSpec
 PROTOCOL_MODULES = ("evalkit.tasks.protocols.zeroshot_classification", "evalkit.tasks.protocols.zeroshot_retrieval",
                     "evalkit.tasks.protocols.segmentation", "evalkit.tasks.protocols.generative_zeroshot_classification",
                     "evalkit.tasks.protocols.image_caption_selection",
-                    "evalkit.tasks.protocols.generative_image_caption_selection", "evalkit.tasks.protocols.linear_probe")
+                    "evalkit.tasks.protocols.generative_image_caption_selection", "evalkit.tasks.protocols.linear_probe",
+                    "evalkit.tasks.protocols.losses")
 
 
 def _check_protocol(name: str, cls: Any) -> None:
@@ -52,6 +53,33 @@ READOUTS: dict[str, Callable[[LoadedModel, torch.Tensor], torch.Tensor]] = {
     # score their token sequences against it with `lm.caption_scores` / `lm.caption_log_likelihood`
     "caption_context": lambda lm, images: lm.caption_context(images),
 }
+
+# Both heads' image readouts in one tensor (the engine hands a runner one readout): row 0 the contrastive
+# image features, rows 1.. the decoder context, each zero-padded to the wider width; `unpack_both`.
+BOTH = "caption_context+image_features"
+
+
+def _pack_both(lm: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+    ctx, feats = lm.caption_context(images), lm.encode_image(images)
+    width = max(ctx.shape[-1], feats.shape[-1])
+    out = ctx.new_zeros(ctx.shape[0], 1 + ctx.shape[1], width)
+    out[:, 0, : feats.shape[-1]] = feats
+    out[:, 1:, : ctx.shape[-1]] = ctx
+    return out
+
+
+def unpack_both(packed: torch.Tensor, feature_width: int, context_width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image features [B, E], decoder context [B, N, D]) of a `BOTH` readout."""
+    return packed[:, 0, :feature_width], packed[:, 1:, :context_width]
+
+
+def context_width(lm: LoadedModel) -> int:
+    """The width D of the model's decoder context (what its cross-attention's `ln_1_kv` normalises)."""
+    cross = next(blk for kind, blk in lm.require_captioner().layers if kind == "cross")
+    return int(cross.ln_1_kv.normalized_shape[0])
+
+
+READOUTS[BOTH] = _pack_both
 
 
 def _to_device(batch: torch.Tensor, device: torch.device, copy_stream: torch.cuda.Stream | None) -> torch.Tensor:
@@ -136,6 +164,12 @@ class TaskRunner:
         and/or "captioner" (the decoder). The plan leaves out units whose model lacks one (a `cap`
         checkpoint has no contrastive head); default: the contrastive head."""
         return frozenset({"contrastive"})
+
+    @classmethod
+    def cost_per_image(cls, spec: TaskSpec) -> float:
+        """A unit's compute per image, in forwards of the model (what shards balance): 1 for a
+        protocol that reads each image's readout once."""
+        return 1.0
 
     @classmethod
     def check_options(cls, spec: TaskSpec) -> None:

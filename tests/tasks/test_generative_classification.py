@@ -21,7 +21,7 @@ from oracles import branch_generative as oracle
 from evalkit.data.sources import ImageSource
 from evalkit.engine.device import autocast_for
 from evalkit.models.factory import load_model
-from evalkit.tasks.base import RunContext, protocols
+from evalkit.tasks.base import READOUTS, RunContext, protocols
 from evalkit.tasks.spec import TaskSpec
 
 MICRO = fixture_path("mammut-fork", "micro-A")
@@ -56,7 +56,7 @@ def _run(lm, images: torch.Tensor, targets: list[int], classnames, templates, ba
     runner.prepare(lm, _ctx())
     for s in range(0, len(targets), batch):
         with torch.no_grad():
-            runner.update(torch.arange(s, min(s + batch, len(targets))), lm.caption_context(images[s:s + batch]))
+            runner.update(torch.arange(s, min(s + batch, len(targets))), READOUTS[runner.needs](lm, images[s:s + batch]))
     return runner.result(), runner.logits
 
 
@@ -209,3 +209,21 @@ def test_options_are_typed_and_in_the_hash(tmp_path: Path) -> None:
     bad.write_text("include: shapes_generative\nname: g\nrerank_top_k: 0\n")
     with pytest.raises(TaskError, match="rerank_top_k must be a positive integer"):
         read_task_file(bad)
+
+
+def test_rerank_scores_the_contrastive_top_k_only(micro, branch) -> None:
+    """rerank_top_k: K: each image's K best classes by the contrastive head get their full generative
+    score (equal to the unreranked one), the others -inf; with K = all classes, the full result."""
+    images, targets = branch["images"][:8], branch["targets"][:8].tolist()
+    names, templates = branch["classnames"], branch["templates"]
+    full = branch["plain/scores"][:8]
+    _, top3 = _run(micro, images, targets, names, templates, rerank_top_k=3)
+    with torch.no_grad():
+        from evalkit.tasks.protocols.zeroshot_classification import build_classifier
+
+        contrastive = micro.encode_image(images) @ build_classifier(micro, list(names), list(templates), _ctx())
+    want_top = contrastive.topk(3, dim=1).indices.sort(dim=1).values
+    assert torch.equal(torch.isfinite(top3).nonzero()[:, 1].view(8, 3), want_top)
+    assert torch.allclose(top3[torch.isfinite(top3)], full[torch.isfinite(top3)], atol=1e-4, rtol=1e-6)
+    _, all10 = _run(micro, images, targets, names, templates, rerank_top_k=10)
+    assert torch.allclose(all10, full, atol=1e-4, rtol=1e-6)

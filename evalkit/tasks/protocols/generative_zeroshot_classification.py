@@ -40,7 +40,15 @@ import torch
 
 from evalkit.data.sources import ImageSource
 from evalkit.models.family import LoadedModel
-from evalkit.tasks.base import READOUTS, RunContext, TaskResult, TaskRunner, register_protocol
+from evalkit.tasks.base import (
+    BOTH,
+    RunContext,
+    TaskResult,
+    TaskRunner,
+    context_width,
+    register_protocol,
+    unpack_both,
+)
 from evalkit.tasks.protocols.zeroshot_classification import (
     build_classifier,
     check_classification_data,
@@ -49,21 +57,7 @@ from evalkit.tasks.protocols.zeroshot_classification import (
 from evalkit.tasks.spec import TaskError, TaskSpec, open_clip_list
 from evalkit.tasks.text import tokenizer_identity
 
-BOTH = "caption_context+image_features"
-
-
-def _pack(lm: LoadedModel, images: torch.Tensor) -> torch.Tensor:
-    """One tensor for two readouts (the engine hands a runner one): row 0 the contrastive image features,
-    rows 1.. the decoder context, each zero-padded to the wider of the two widths."""
-    ctx, feats = lm.caption_context(images), lm.encode_image(images)
-    width = max(ctx.shape[-1], feats.shape[-1])
-    out = ctx.new_zeros(ctx.shape[0], 1 + ctx.shape[1], width)
-    out[:, 0, : feats.shape[-1]] = feats
-    out[:, 1:, : ctx.shape[-1]] = ctx
-    return out
-
-
-READOUTS[BOTH] = _pack
+PROMPT_COST = 0.02  # decoder cost of one prompt against one image, in per-sample forwards (cost_per_image)
 
 
 @dataclass
@@ -88,7 +82,9 @@ def subset_per_class(source: ImageSource, n: int) -> ImageSource:
             keep.append(i)
     opener = source.opener
     fp = hashlib.sha1(f"{source.fingerprint}|max_per_class={n}".encode()).hexdigest()
-    return replace(source, ids=[source.ids[i] for i in keep], opener=lambda j: opener(keep[j]),
+    # its own name too: the engine shares one image pass between tasks of the same source name
+    return replace(source, name=f"{source.name} (first {n} per class)", ids=[source.ids[i] for i in keep],
+                   opener=lambda j: opener(keep[j]),
                    targets=[source.targets[i] for i in keep], fingerprint=fp,
                    meta={**source.meta, "subset_of": len(source), "max_per_class": n})
 
@@ -159,6 +155,16 @@ class GenerativeZeroShotClassification(TaskRunner):
         return frozenset({"captioner", "contrastive"} if spec.options.get("rerank_top_k") else {"captioner"})
 
     @classmethod
+    def cost_per_image(cls, spec: TaskSpec) -> float:
+        """In image + text forwards: one decoder pass per prompt costs ~0.02 of a MaMMUT's per-sample
+        forward (measured: 0.66 GFLOPs per ImageNet prompt for mammut_ViT-B-32, whose sample is 26.9;
+        bench/RESULTS.md), so an ImageNet-1k unit weighs ~1,600 classification units per image."""
+        n = len(spec.classnames or []) if isinstance(spec.classnames, list) else 1000
+        t = len(spec.templates or []) if isinstance(spec.templates, list) else 80
+        k = spec.options.get("rerank_top_k")
+        return 1.0 + PROMPT_COST * (min(int(k), n) if k else n) * t
+
+    @classmethod
     def check_options(cls, spec: TaskSpec) -> None:
         for key in ("max_per_class", "rerank_top_k", "prompt_batch_size"):
             v = spec.options.get(key)
@@ -204,8 +210,7 @@ class GenerativeZeroShotClassification(TaskRunner):
             self.prior = self.coef * prior.float().view(1, self.n_classes, self.n_templates)
         if self.top_k:
             self.classifier = build_classifier(lm, classes, templates, ctx)
-            cross = next(blk for kind, blk in lm.require_captioner().layers if kind == "cross")
-            self.context_width = int(cross.ln_1_kv.normalized_shape[0])
+            self.context_width = context_width(lm)
         self.logits = torch.empty(len(self.source), self.n_classes, dtype=torch.float32, device=ctx.device)
 
     def _class_scores(self, prompt_scores: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
@@ -223,7 +228,7 @@ class GenerativeZeroShotClassification(TaskRunner):
                 scores = self.lm.caption_scores(readout, self.plan)
             self.logits[index] = self._class_scores(scores)
             return
-        feats, context = readout[:, 0, : self.classifier.shape[0]], readout[:, 1:, : self.context_width]
+        feats, context = unpack_both(readout, self.classifier.shape[0], self.context_width)
         k = min(int(self.top_k), self.n_classes)
         top = (feats @ self.classifier).topk(k, dim=1).indices                  # [B, K] by the contrastive head
         rows = torch.full((len(index), self.n_classes), float("-inf"), device=self.logits.device)
