@@ -95,12 +95,12 @@ class Losses(TaskRunner):
     def prepare(self, lm: LoadedModel, ctx: RunContext) -> None:
         captions = [caps[0] if isinstance(caps, list) else caps for caps in self.source.targets]
         if not captions or not all(isinstance(c, str) for c in captions):
-            raise ValueError(f"task {self.spec.name}: {self.source.name} is not an image-text set "
-                             "(every image needs a caption)")
+            raise TaskError(f"task {self.spec.name}: {self.source.name} is not an image-text set "
+                            "(every image needs a caption)")
         self.lm, self.ctx = lm, ctx
         self.contrastive, self.captioner = lm.has_contrastive, lm.has_captioner
         if not (self.contrastive or self.captioner):
-            raise ValueError(f"task {self.spec.name}: {lm.arch} has neither a contrastive head nor a decoder")
+            raise TaskError(f"task {self.spec.name}: {lm.arch} has neither a contrastive head nor a decoder")
         n = len(captions)
         self.needs = BOTH if self.contrastive and self.captioner else (
             "image_features" if self.contrastive else "caption_context")
