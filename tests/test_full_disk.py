@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from _util import REPO, fill_disk
 
 
@@ -53,6 +54,7 @@ def test_read_only_out_is_one_line(tmpfs, tmp_path):
     assert "read-only" in line
 
 
+@pytest.mark.slow  # > 20 s here; `make test-slow` runs it (and .ci/run)
 def test_full_disk_mid_run_keeps_the_units_written(tmpfs, tmp_path):
     """Room for the first task's files, not for the second's: the first result stays, the rerun on a
     disk with room resumes from it (skipped, not recomputed) and finishes."""

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from _embedded import DATA
 from _util import REPO, TINY_S, save_training_checkpoint, tiny_clip
 
@@ -27,6 +28,7 @@ def _bash(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPr
     return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # > 20 s here; `make test-slow` runs it (and .ci/run)
 def test_readme_ci_recipe_verbatim(tmp_path: Path) -> None:
     blocks = _blocks()
     repo = tmp_path / "user_repo"

@@ -146,6 +146,7 @@ def _run(out: Path, *cache: str) -> subprocess.CompletedProcess:
                     "--num-workers", "0", "--out", str(out), *cache)
 
 
+@pytest.mark.slow  # > 20 s here; `make test-slow` runs it (and .ci/run)
 def test_a_run_on_a_full_cache_disk_completes_uncached_with_the_same_numbers(tmpfs, tmp_path):
     """Before: SIGBUS (exit 135) at the first batch stored into the entry's memory map."""
     disk = tmpfs("1m")  # 400 images at tinyclip-S's 32 px are 1.2 MB per dataset

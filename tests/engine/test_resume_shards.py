@@ -106,6 +106,7 @@ def _kill_and_resume(grid, reference, tmp_path, kill_after: list[int]):
     assert not list(out.glob("**/.tmp-*")), f"temps left by {killed}: {list(out.glob('**/.tmp-*'))}"
 
 
+@pytest.mark.slow  # > 20 s here; `make test-slow` runs it (and .ci/run)
 def test_sigkill_mid_run_then_rerun_equals_uninterrupted(grid, reference, tmp_path):
     """A real mid-run kill (while the 4th of 8 units is computed), then a rerun gives the same table."""
     _kill_and_resume(grid, reference, tmp_path, [3])

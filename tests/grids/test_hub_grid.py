@@ -116,6 +116,7 @@ def _table(out: Path) -> pd.DataFrame:
     return pd.read_parquet(out / "results.parquet")
 
 
+@pytest.mark.slow  # > 20 s here; `make test-slow` runs it (and .ci/run)
 def test_hub_grid_end_to_end(hub_folder, tmp_path):
     from evalkit.cli import main
 
