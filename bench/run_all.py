@@ -12,7 +12,8 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> int:
     cmds = [["bench_cache.py"], ["bench_grid.py"], ["bench_grid.py", "--styles", "", "--scale-copies", "4"],
-            ["bench_fit.py"], ["bench_plan.py"], ["bench_probe.py"]]
+            ["bench_fit.py"], ["bench_plan.py"], ["bench_probe.py"],
+            ["bench_generative.py", "--images", "8", "--classes", "10", "--batch", "8", "--record"]]
     import shutil
 
     if any(shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome")):  # the page's load time
@@ -21,6 +22,8 @@ def main() -> int:
 
     if torch.cuda.is_available():
         cmds.append(["bench_gpu.py", "--archs", "ViT-B-32,ViT-L-14,mammut_ViT-B-32", "--record"])
+        cmds.append(["bench_generative.py", "--device", "cuda", "--archs", "mammut_ViT-B-32,mammut_ViT-L-14",
+                     "--images", "64", "--batch", "64", "--classes", "20", "--record"])
     rc = 0
     for cmd in cmds:
         print(f"== {' '.join(cmd)}", flush=True)

@@ -221,7 +221,8 @@ def test_builtin_families_come_from_the_one_module_list():
             "print(sorted((n, f.__module__) for n, f in families().items()))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[('cap', 'evalkit.models.families.mammut'), ('clip', 'evalkit.models.families.clip'), ('mammut', 'evalkit.models.families.mammut')]"
+    assert r.stdout.strip() == ("[('cap', 'evalkit.models.families.mammut'), ('clip', 'evalkit.models.families.clip'), "
+                                "('mammut', 'evalkit.models.families.mammut')]")
     factory_src = (REPO / "evalkit" / "models" / "factory.py").read_text()
     assert "models.clip" not in factory_src and "models.mammut" not in factory_src and "import clip" not in factory_src
 

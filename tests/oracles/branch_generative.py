@@ -62,8 +62,10 @@ def get_any(dic, keys, default=None):
 
 
 def run_classification(model, classnames, templates, batches, tokenizer, normalize=False, normalize_coef=1,
-                       prompt_batch_size=64, pad_id=0):
-    """`run_classification` of the branch; `batches` yields (images, target). Returns (pred, true)."""
+                       prompt_batch_size=64, pad_id=0, cut=None):
+    """`run_classification` of the branch; `batches` yields (images, target). Returns (pred, true).
+    `cut` (not in the branch) replaces its cut length, e.g. by the one it takes on a whole task when
+    timing it on a part (scores do not change under the causal mask; the prior would)."""
     prompts = [[template.format(c=classname) for template in templates] for classname in classnames]
     nb_classes = len(prompts)
     nb_templates = len(prompts[0])
@@ -71,7 +73,7 @@ def run_classification(model, classnames, templates, batches, tokenizer, normali
     _, context_length = tokenized_prompts.shape
     tokenized_prompts = tokenized_prompts.view(nb_classes, nb_templates, context_length)
     pred, true = [], []
-    max_text_len = (tokenized_prompts == pad_id).float().argmax(dim=2).max()
+    max_text_len = (tokenized_prompts == pad_id).float().argmax(dim=2).max() if cut is None else cut
     tokenized_prompts = tokenized_prompts[:, :, 0:max_text_len]
     tokenized_prompts_ = tokenized_prompts.reshape(nb_classes * nb_templates, -1)
     priors = None

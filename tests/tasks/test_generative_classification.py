@@ -227,3 +227,12 @@ def test_rerank_scores_the_contrastive_top_k_only(micro, branch) -> None:
     assert torch.allclose(top3[torch.isfinite(top3)], full[torch.isfinite(top3)], atol=1e-4, rtol=1e-6)
     _, all10 = _run(micro, images, targets, names, templates, rerank_top_k=10)
     assert torch.allclose(all10, full, atol=1e-4, rtol=1e-6)
+
+
+def test_truncated_prompts_are_counted() -> None:
+    """A prompt longer than the context is cut as CLIP's tokenizer cuts it and counted in the resolved task."""
+    from evalkit.tasks.protocols.generative_zeroshot_classification import truncated_prompts
+
+    long = "a photo of a " + " ".join(["very"] * 80) + " dog."  # 86 BPE tokens + SOT/EOT
+    assert truncated_prompts(["a photo of a dog.", long, "x" * 200]) == 1  # 200 characters, fewer than 76 BPE tokens
+    assert truncated_prompts(["a photo of a dog."] * 3) == 0

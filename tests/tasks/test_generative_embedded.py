@@ -81,7 +81,9 @@ def test_end_to_end_equals_the_branch_rule(tasks_dir, tmp_path, monkeypatch, cap
         samples = pd.read_parquet(tmp_path / "out" / "samples" / f"{uid}.parquet")
         top = torch.tensor(np.stack(samples.top_scores.to_numpy()), dtype=torch.float32)
         idx = torch.tensor(np.stack(samples.top_indices.to_numpy()))
-        assert torch.allclose(top, want.gather(1, idx), atol=1e-4, rtol=1e-6)
+        # float32 noise: against a float64 run of this model the branch's rule is off by up to 4.6e-4 on
+        # scores of ~400 (its one-shot log_softmax), evalkit by 6e-5
+        assert torch.allclose(top, want.gather(1, idx), atol=1e-4, rtol=2e-6)
         assert rows[model, "shapes_generative_2", "acc1"] == pytest.approx(oracle.metrics(want, torch.tensor(list(source.targets)), 10)["acc1"])
 
 
