@@ -120,6 +120,27 @@ def encode_images(lm: LoadedModel, source: ImageSource, needs: set[str] | list[s
         yield index, outputs  # consumers (runners' updates) run outside autocast, in fp32
 
 
+class ImageFeatureStore:
+    """Every image's features [N, D], fp32 on the device, filled batch by batch: for protocols that score
+    all images against all texts once every image is in (retrieval, caption selection)."""
+
+    def __init__(self, n_images: int) -> None:
+        self.features: torch.Tensor | None = None
+        self.seen = torch.zeros(n_images, dtype=torch.bool)
+
+    def add(self, index: torch.Tensor, features: torch.Tensor) -> None:
+        if self.features is None:
+            self.features = torch.empty(len(self.seen), features.shape[1], dtype=torch.float32, device=features.device)
+        self.features[index.to(features.device, non_blocking=True)] = features.float()
+        self.seen[index] = True
+
+    def all(self, task: str) -> torch.Tensor:
+        """The full [N, D] matrix; an image never encoded is evalkit's bug, never a score."""
+        if self.features is None or not bool(self.seen.all()):
+            raise RuntimeError(f"task {task}: {int((~self.seen).sum())} images were never encoded")
+        return self.features
+
+
 @dataclass
 class NoOptions:
     """A protocol with no options of its own."""

@@ -25,7 +25,7 @@ import torch
 from evalkit.data.formats.selection import SUGAR_CREPE_SUBSETS, SelectionInstance
 from evalkit.data.sources import DataError, ImageSource
 from evalkit.models.family import LoadedModel
-from evalkit.tasks.base import RunContext, TaskResult, TaskRunner, register_protocol
+from evalkit.tasks.base import ImageFeatureStore, RunContext, TaskResult, TaskRunner, register_protocol
 from evalkit.tasks.spec import TaskError, TaskSpec
 from evalkit.tasks.text import encode_texts
 
@@ -168,20 +168,13 @@ class ImageCaptionSelection(TaskRunner):
         self.instances: list[SelectionInstance] = list(self.source.targets)
         texts, self.caption_pos = flat_captions(self.instances)
         self.text_features = encode_texts(lm, texts, ctx)
-        self.image_features: torch.Tensor | None = None
-        self.seen = torch.zeros(len(self.source), dtype=torch.bool)
+        self.images = ImageFeatureStore(len(self.source))
 
     def update(self, index: torch.Tensor, features: torch.Tensor) -> None:
-        if self.image_features is None:
-            self.image_features = torch.empty(len(self.source), features.shape[1], dtype=torch.float32,
-                                              device=features.device)
-        self.image_features[index.to(features.device, non_blocking=True)] = features.float()
-        self.seen[index] = True
+        self.images.add(index, features)
 
     def result(self, log_samples: bool = False) -> TaskResult:
-        if self.image_features is None or not bool(self.seen.all()):
-            raise RuntimeError(f"task {self.spec.name}: {int((~self.seen).sum())} images were never encoded")
-        img = self.image_features
+        img = self.images.all(self.spec.name)
         txt = self.text_features.to(img.device)
         n = len(self.instances)
         text_ok = torch.zeros(n, dtype=torch.bool)

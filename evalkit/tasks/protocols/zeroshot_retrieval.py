@@ -22,7 +22,7 @@ import torch
 
 from evalkit.data.sources import DataError, ImageSource
 from evalkit.models.family import LoadedModel
-from evalkit.tasks.base import RunContext, TaskResult, TaskRunner, register_protocol
+from evalkit.tasks.base import ImageFeatureStore, RunContext, TaskResult, TaskRunner, register_protocol
 from evalkit.tasks.spec import TaskError, TaskSpec
 from evalkit.tasks.text import encode_texts
 
@@ -170,20 +170,14 @@ class ZeroShotRetrieval(TaskRunner):
         self.texts = [t for caps in captions for t in caps]
         self.text_image = torch.tensor([i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long)
         self.text_features = encode_texts(lm, self.texts, ctx)
-        self.image_features: torch.Tensor | None = None
-        self.seen = torch.zeros(len(self.source), dtype=torch.bool)
+        self.images = ImageFeatureStore(len(self.source))
 
     def update(self, index: torch.Tensor, features: torch.Tensor) -> None:
-        if self.image_features is None:
-            self.image_features = torch.empty(len(self.source), features.shape[1], dtype=torch.float32,
-                                              device=features.device)
-        self.image_features[index.to(features.device, non_blocking=True)] = features.float()
-        self.seen[index] = True
+        self.images.add(index, features)
 
     def result(self, log_samples: bool = False) -> TaskResult:
-        if self.image_features is None or not bool(self.seen.all()):
-            raise RuntimeError(f"task {self.spec.name}: {int((~self.seen).sum())} images were never encoded")
-        hits = retrieval_hits(self.text_features.to(self.image_features.device), self.image_features,
+        image_features = self.images.all(self.spec.name)
+        hits = retrieval_hits(self.text_features.to(image_features.device), image_features,
                               self.text_image, self.ks, self.block_mb)
         metrics = retrieval_metrics(hits, self.ks)
         samples = self._samples(hits) if log_samples else None
