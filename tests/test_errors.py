@@ -53,6 +53,7 @@ BUG_RAISES = {
     "evalkit/tasks/protocols/segmentation.py": 1,  # patch tokens not a square grid: a family hook's bug
     "evalkit/fit/solver.py": 1,  # x, y not 1-d of one length: the caller's arrays (data errors are UsageError)
     "evalkit/embedded/world.py": 2,  # an unknown shape kind in the demo world's generator
+    "evalkit/embedded/selection_sets.py": 1,  # two images of one class paired: the generator's caller's bug
     "evalkit/models/family.py": 1,  # a family class without a name: its author's bug, traceback wanted
     "evalkit/models/families/mammut.py": 1,  # forward() without the image: evalkit's own call
     "evalkit/models/decoding.py": 2,  # chunk size < 1 and images/sequences out of step: the protocols check both

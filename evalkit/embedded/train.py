@@ -73,6 +73,10 @@ def _build_mammut(cfg: dict) -> torch.nn.Module:
     return MaMMUT(cfg)
 
 
+# (caption, contrastive) loss weights of the captioning families, as params.txt records them
+LOSS_WEIGHTS: dict[str, tuple[float, float]] = {"mammut": (2.0, 1.0), "cap": (1.0, 0.0)}
+
+
 def _mammut_loss(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Contrastive + captioning, weighted as open_clip_train's CoCa defaults (clip 1, caption 2).
 
@@ -81,14 +85,24 @@ def _mammut_loss(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Ten
     CoCaLoss remains `model.coca_losses(...)` without `vocab`.
     """
     vocab = torch.unique(tokens)
-    clip_loss, caption_loss = model.coca_losses(images, tokens, caption_loss_weight=2.0, clip_loss_weight=1.0,
+    caption_w, clip_w = LOSS_WEIGHTS["mammut"]
+    clip_loss, caption_loss = model.coca_losses(images, tokens, caption_loss_weight=caption_w, clip_loss_weight=clip_w,
                                                 vocab=vocab)
     return clip_loss + caption_loss
+
+
+def _cap_loss(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The paper's `cap` runs: MaMMUT's architecture trained with the captioning loss only (weight 1)."""
+    caption_w, clip_w = LOSS_WEIGHTS["cap"]
+    _, caption_loss = model.coca_losses(images, tokens, caption_loss_weight=caption_w, clip_loss_weight=clip_w,
+                                        vocab=torch.unique(tokens))
+    return caption_loss
 
 
 FAMILIES: dict[str, Family] = {
     "clip": Family(build=_build_clip, loss=_clip_loss),
     "mammut": Family(build=_build_mammut, loss=_mammut_loss),
+    "cap": Family(build=_build_mammut, loss=_cap_loss),
 }
 
 
@@ -152,6 +166,8 @@ def params_txt(spec: RunSpec, home: Path) -> str:
         "train_num_samples": spec.samples_per_epoch, "val_data": None, "warmup": spec.warmup, "wd": spec.wd,
         "workers": 0, "world_size": 1,
     }
+    if spec.family in LOSS_WEIGHTS:  # open_clip_train's --coca-*-loss-weight (a cap run: contrastive 0)
+        args["coca_caption_loss_weight"], args["coca_contrastive_loss_weight"] = LOSS_WEIGHTS[spec.family]
     return "".join(f"{k}: {'' if v == '' else v}\n" for k, v in sorted(args.items()))
 
 

@@ -425,6 +425,16 @@ def write_ade(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
     _write(base / "objectInfo150.csv", _lines(rows))
 
 
+def write_caption_selection(root: Path, test: list[Sample], jpegs: list[bytes]) -> None:
+    """`sugar_crepe/` (clip_benchmark's SugarCrepe layout) and `winoground/` (the release layout), made from
+    the test images and captions as the COCO folder holds them (image id = index + 1)."""
+    from evalkit.embedded import selection_sets as sel
+
+    items = [sel.CaptionedImage(s.index + 1, jpg, s.captions, s.label) for s, jpg in zip(test, jpegs, strict=True)]
+    sel.write_files(root / "sugar_crepe", sel.sugar_crepe_files(items, sel.N_SUGAR_CREPE), _write)
+    sel.write_files(root / "winoground", sel.winoground_release_files(items, sel.N_WINOGROUND), _write)
+
+
 def file_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file under `root` keyed by posix relative path (used by the determinism test)."""
     files = sorted(p for p in Path(root).rglob("*") if p.is_file())
@@ -460,6 +470,7 @@ def write_world(root: Path) -> None:
     write_coco(root, test, jpegs)
     write_flickr(root, test, jpegs)
     write_ade(root, test, jpegs)
+    write_caption_selection(root, test, jpegs)
     write_manifest(root)
 
 

@@ -78,7 +78,7 @@ def average_suites(sh: Shared, suites: list[TaskSpec], keys: list[str], specs: d
             row = build_rows(spec, rsuite, uid, metrics=None, status="ok" if ok else "failed", error=note,
                              provenance=sh.common)[0]
             if template:
-                for col in ("arch", "family", "gflops_per_sample", "gflops_total"):
+                for col in ("arch", "family", "gflops_per_sample", "gflops_total", "eval_type"):
                     row[col] = template.get(col)
             row.update(task_type="suite", metric="average", value=(sum(values) / len(values)) if ok else None,
                        n_samples=len(suite.options["tasks"]))

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from evalkit.errors import UserError
+from evalkit.results.importers import evalkit_names
 from evalkit.results.schema import TIDY_COLUMNS
 
 X_AXES = {"gflops_total": ("gflops_total", "gflops"), "samples_seen": ("samples_seen", "total_samples_seen")}
@@ -159,6 +160,10 @@ def _wide_rows(df: pd.DataFrame, src: str, task: str, metric: str) -> pd.DataFra
     if task_col is None:
         raise TableError(f"{src}: missing column downstream_dataset; cannot tell which task a row is")
     row_task = df[task_col].astype(str)
+    if "eval_type" in df.columns:  # a generative row is evalkit's `<task>_generative` (results/importers.py)
+        ref_task = df["task"] if "task" in df.columns and task_col != "task" else pd.Series(None, index=df.index)
+        row_task = pd.Series([evalkit_names(d, t, e)[0] for d, t, e in zip(row_task, ref_task, df["eval_type"])],
+                             index=df.index)
     if metric in _CLASSIFICATION_METRICS and "task" in df.columns:
         row_task = row_task.where(df["task"] != "semantic_segmentation", _SEGMENTATION_ZEROSHOT_TASK)
     hit = (row_task == task).to_numpy()

@@ -70,7 +70,7 @@ def spec_for_checkpoint(path: str | Path, model: str | None = None, family: str 
     world = _int(params.get("world_size"))
     local_bs = _int(params.get("batch_size"))
     return ModelSpec(
-        model=arch, pretrained=str(path), name=name or f"{run_name}/{path.stem}", family=family,
+        model=arch, pretrained=str(path), name=name or f"{run_name}/{path.stem}", family=family or _cap_run(params, arch),
         epoch=epoch, samples_seen=samples_seen,
         pretrain_dataset=pretrain_dataset or params.get("train_data_name") or params.get("dataset_name") or None,
         lr_scheduler=lr_scheduler or params.get("lr_scheduler") or None,
@@ -78,6 +78,14 @@ def spec_for_checkpoint(path: str | Path, model: str | None = None, family: str 
         total_epochs=_int(params.get("epochs")), run=run_name,
         global_batch_size=local_bs * world if local_bs and world else None,
     )
+
+
+def _cap_run(params: dict[str, str], arch: str) -> str | None:
+    """"cap" for a MaMMUT run trained without its contrastive loss (params.txt's
+    `coca_contrastive_loss_weight: 0`, how the paper's cap runs were trained): its weights look like any
+    MaMMUT's, but it has no contrastive head worth evaluating. None (the weights decide) otherwise."""
+    weight = _float(params.get("coca_contrastive_loss_weight"))
+    return "cap" if weight == 0 and "mammut" in arch.lower() else None
 
 
 def _int(v: str | None) -> int | None:

@@ -14,7 +14,11 @@ read them unchanged, and `evalkit fit` on the export gives the fit of the tidy t
   ``model_gflops`` per sample; ``samples_seen_per_epoch`` and ``total_samples_seen`` (the run's total)
   where epoch and total_epochs are known;
 - ``downstream_dataset`` is the task (``wds/`` dropped), ``task`` the reference's task type
-  (``zeroshot_classification``, ``zeroshot_retrieval``, ``semantic_segmentation``);
+  (``zeroshot_classification``, ``zeroshot_retrieval``, ``semantic_segmentation``), ``eval_type`` how the
+  score was read (``similarity``, ``log_likelihood``); a generative task is named as the reference names
+  it, by its contrastive twin: ``imagenet1k_generative`` is ``downstream_dataset = imagenet1k``, ``task =
+  zeroshot_classification``, ``eval_type = log_likelihood`` (what the paper's figure 11 selects), and
+  importing maps it back;
 - metric columns: ``acc1, acc5, mean_per_class_recall, image_retrieval_recall@5, text_retrieval_recall@5,
   miou`` always (empty where not measured), then every other metric of the table;
 - a suite's average (tidy rows with metric ``average``, task = the suite's name) becomes the row of
@@ -36,7 +40,7 @@ LEADING_COLUMNS = ("name", "namespace", "model_simple", "pretrain_dataset", "lr_
                    "samples_seen_scale_pretty", "epoch", "total_epochs", "gflops", "downstream_dataset")
 REFERENCE_METRICS = ("acc1", "acc5", "mean_per_class_recall", "image_retrieval_recall@5", "text_retrieval_recall@5",
                      "miou")
-TRAILING_COLUMNS = ("task", "model", "full_name", "global_batch_size", "model_gflops", "gflops_total",
+TRAILING_COLUMNS = ("task", "eval_type", "model", "full_name", "global_batch_size", "model_gflops", "gflops_total",
                     "samples_seen_per_epoch", "total_samples_seen", "path")
 AVERAGE_METRIC = "average"
 AVERAGE_COLUMN = "acc1"
@@ -67,6 +71,10 @@ def _as_int_if_whole(s):
     return v
 
 
+def _kind(eval_type: str) -> str:
+    return "" if eval_type == "similarity" else f" ({eval_type})"
+
+
 def run_names(df):
     """The run of each tidy row: ``run`` where filled, else ``model`` without a trailing ``/epoch_<k>``."""
     model = _col(df, "model").astype(str).str.replace(_EPOCH_SUFFIX, "", regex=True)
@@ -79,7 +87,7 @@ def to_scaling_laws(tidy, src: str = "<table>"):
     import numpy as np
     import pandas as pd
 
-    from evalkit.results.importers import REFERENCE_TASK_TYPES, is_tidy
+    from evalkit.results.importers import default_eval_type, is_tidy, reference_names
 
     if not is_tidy(tidy):
         raise ExportError(f"{src}: not evalkit's tidy results table (no metric/value columns)"
@@ -104,15 +112,20 @@ def to_scaling_laws(tidy, src: str = "<table>"):
     derived = [a[len(f) + 1:] if isinstance(a, str) and isinstance(f, str) and a.startswith(f"{f}_") else a
                for a, f in zip(arch, namespace)]
     model_simple = model_simple.where(model_simple.notna(), pd.Series(derived, index=df.index, dtype=object))
-    task_type = _col(df, "task_type").map(lambda t: REFERENCE_TASK_TYPES.get(t, t))
     metric = df["metric"].astype(str)
+    recorded = _col(df, "eval_type")
+    eval_type = [e if isinstance(e, str) and e else default_eval_type(t, m)
+                 for e, t, m in zip(recorded, _col(df, "task_type"), metric)]
+    names = [reference_names(t, tt, e) for t, tt, e in zip(df["task"].fillna("").astype(str), _col(df, "task_type"),
+                                                            eval_type)]
     is_avg = (metric == AVERAGE_METRIC).to_numpy()
     epoch = pd.to_numeric(_col(df, "epoch"), errors="coerce")
     long = pd.DataFrame({
         "_name": run_names(df).to_numpy(),
         "_ckpt": _col(df, "checkpoint").fillna("").astype(str).to_numpy(),
         "_epoch": epoch.fillna(-1).to_numpy(),
-        "downstream_dataset": df["task"].fillna("").astype(str).str.removeprefix("wds/").to_numpy(),
+        "downstream_dataset": [n[0] for n in names],
+        "eval_type": eval_type,
         "_metric": np.where(is_avg, AVERAGE_COLUMN, metric.to_numpy()),
         "_avg": is_avg,
         "_value": pd.to_numeric(df["value"]).to_numpy(dtype=float),
@@ -124,12 +137,12 @@ def to_scaling_laws(tidy, src: str = "<table>"):
         "epoch": epoch.to_numpy(),
         "total_epochs": pd.to_numeric(_col(df, "total_epochs"), errors="coerce").to_numpy(),
         "gflops": pd.to_numeric(_col(df, "gflops_total"), errors="coerce").to_numpy(),
-        "task": task_type.to_numpy(), "model": arch.to_numpy(),
+        "task": [n[1] for n in names], "model": arch.to_numpy(),
         "global_batch_size": pd.to_numeric(_col(df, "global_batch_size"), errors="coerce").to_numpy(),
         "model_gflops": pd.to_numeric(_col(df, "gflops_per_sample"), errors="coerce").to_numpy(),
         "path": _col(df, "checkpoint").to_numpy(),
     })
-    cell = ["_name", "_ckpt", "_epoch", "downstream_dataset", "_metric"]
+    cell = ["_name", "_ckpt", "_epoch", "downstream_dataset", "eval_type", "_metric"]
     if is_avg.any():  # an explicit acc1 of the suite beats its average
         explicit = pd.MultiIndex.from_frame(long.loc[~long["_avg"], cell])
         shadowed = pd.MultiIndex.from_frame(long.loc[long["_avg"], cell]).isin(explicit)
@@ -138,7 +151,7 @@ def to_scaling_laws(tidy, src: str = "<table>"):
     if dup.any():
         r = long[dup].iloc[0]
         raise ExportError(f"{src}: {int(dup.sum())} rows share a (checkpoint, task, metric) with another, e.g. "
-                          f"{r['_name']} epoch {int(r['_epoch'])} {r['downstream_dataset']} {r['_metric']} "
+                          f"{r['_name']} epoch {int(r['_epoch'])} {r['downstream_dataset']}{_kind(r['eval_type'])} {r['_metric']} "
                           f"(checkpoint {r['_ckpt'] or '-'}): two results of one measurement (other task hash or "
                           "precision). Collect the folder again (`evalkit collect OUT` keeps the current one) or "
                           "filter the table first")
@@ -162,7 +175,7 @@ def to_scaling_laws(tidy, src: str = "<table>"):
         if m not in wide.columns:
             wide[m] = np.nan
     others = sorted(c for c in values.columns if c not in REFERENCE_METRICS)
-    wide = wide.sort_values(["_name", "_epoch", "_ckpt", "downstream_dataset"], kind="stable")
+    wide = wide.sort_values(["_name", "_epoch", "_ckpt", "downstream_dataset", "eval_type"], kind="stable")
     cols = [*LEADING_COLUMNS, *REFERENCE_METRICS, *others, *TRAILING_COLUMNS]
     return wide[cols].reset_index(drop=True)
 

@@ -25,6 +25,43 @@ from evalkit.results.schema import REFERENCE_IDENTITY_COLUMNS, TIDY_COLUMNS
 
 # evalkit task types that the reference names otherwise (the `task` column of its tables).
 REFERENCE_TASK_TYPES = {"segmentation": "semantic_segmentation"}
+# The reference tables name a generative result by its contrastive twin's dataset and task type plus
+# `eval_type = log_likelihood` (arXiv:2506.04598's figure 11 selects imagenet1k, log_likelihood);
+# evalkit's task and protocol names carry it (imagenet1k_generative, generative_zeroshot_classification).
+GENERATIVE_TASK_SUFFIX = "_generative"
+GENERATIVE_TYPE_PREFIX = "generative_"
+LOG_LIKELIHOOD = "log_likelihood"
+
+
+def default_eval_type(task_type: object, metric: object = None) -> str:
+    """`eval_type` of a row that does not record one (a table written before the column existed)."""
+    if str(task_type).startswith(GENERATIVE_TYPE_PREFIX) or metric == "caption_loss":
+        return LOG_LIKELIHOOD
+    return "probe" if task_type in ("linear_probe", "segmentation", "semantic_segmentation") else "similarity"
+
+
+def reference_names(task: str, task_type: object, eval_type: object) -> tuple[str, object]:
+    """(downstream_dataset, task) of the reference table for evalkit's (task, task_type, eval_type)."""
+    dataset = task.removeprefix("wds/")
+    if eval_type == LOG_LIKELIHOOD:  # a generative task or the suite of generative tasks
+        dataset = dataset.removesuffix(GENERATIVE_TASK_SUFFIX)
+        if isinstance(task_type, str):
+            task_type = task_type.removeprefix(GENERATIVE_TYPE_PREFIX)
+    return dataset, REFERENCE_TASK_TYPES.get(task_type, task_type)
+
+
+def evalkit_names(dataset: str, ref_task: object, eval_type: object) -> tuple[str, object]:
+    """(task, task_type) of evalkit for a reference row's (downstream_dataset, task, eval_type): the inverse
+    of `reference_names` for the protocols evalkit has both ways (classification, caption selection)."""
+    task_type = {v: k for k, v in REFERENCE_TASK_TYPES.items()}.get(ref_task, ref_task)
+    generative = eval_type == LOG_LIKELIHOOD or str(task_type).startswith(GENERATIVE_TYPE_PREFIX)
+    if not generative or dataset.endswith(GENERATIVE_TASK_SUFFIX):
+        return dataset, task_type
+    if task_type in ("zeroshot_classification", "image_caption_selection"):
+        return dataset + GENERATIVE_TASK_SUFFIX, GENERATIVE_TYPE_PREFIX + task_type
+    if task_type == "suite" or str(task_type).startswith(GENERATIVE_TYPE_PREFIX):
+        return dataset + GENERATIVE_TASK_SUFFIX, task_type
+    return dataset, task_type
 # In the reference's segmentation table (task semantic_segmentation, downstream_dataset ade20k) the
 # zero-shot classification columns hold the ImageNet-1k results of the same checkpoint (its `path`
 # is the imagenet1k JSON); evalkit.fit.table reads them the same way.
@@ -112,6 +149,9 @@ def read_clip_benchmark_json(path: Path, gflops_per_sample: dict[str, float] | N
     run = run_name_of(pretrained, path)
     dataset = str(obj["dataset"]).removeprefix("wds/")
     task = str(obj.get("task", ""))
+    task_type = _TASK_TYPES.get(task, task)
+    # the log_likelihood_eval branch writes `generative_<task>` JSONs: evalkit's generative task of the dataset
+    task_name = dataset + GENERATIVE_TASK_SUFFIX if task.startswith(GENERATIVE_TYPE_PREFIX) else dataset
     language = obj.get("language", "en")
     if isinstance(language, list):
         language = ",".join(map(str, language))
@@ -125,7 +165,8 @@ def read_clip_benchmark_json(path: Path, gflops_per_sample: dict[str, float] | N
             "model": run, "arch": arch, "family": family_of(f"{run} {arch}"), "checkpoint": pretrained,
             "epoch": epoch, "samples_seen": samples, "pretrain_dataset": None, "lr_scheduler": None,
             "gflops_per_sample": gps, "gflops_total": gps * samples,
-            "task": dataset, "task_type": _TASK_TYPES.get(task, task), "dataset": dataset,
+            "task": task_name, "task_type": task_type, "eval_type": default_eval_type(task_type, metric),
+            "dataset": dataset,
             "split": "test", "metric": metric, "value": float(value), "n_samples": None,
             "task_hash": None, "evalkit_version": None, "open_clip_version": None, "torch_version": None,
             "device": None, "precision": None, "batch_size": None, "duration_s": None,
@@ -285,7 +326,10 @@ def import_scaling_laws(table, out: str | os.PathLike | None = None):
     })
     dataset = w[ds_col].astype(str).str.removeprefix("wds/")
     ref_task = text("task")
-    task_type = ref_task.map(lambda t: {v: k for k, v in REFERENCE_TASK_TYPES.items()}.get(t, t))
+    eval_types = text("eval_type")
+    names = [evalkit_names(d, t, e) for d, t, e in zip(dataset, ref_task, eval_types)]
+    task_name = pd.Series([n[0] for n in names], index=w.index, dtype=object)
+    task_type = pd.Series([n[1] for n in names], index=w.index, dtype=object)
     seg_row = (ref_task == "semantic_segmentation") if "task" in w.columns else (dataset == "ade20k")
 
     parts = []
@@ -295,13 +339,17 @@ def import_scaling_laws(table, out: str | os.PathLike | None = None):
         if not ok.any():
             continue
         part = ident[ok].copy()
-        part["task"] = dataset[ok].to_numpy()
+        part["task"] = task_name[ok].to_numpy()
+        part["dataset"] = dataset[ok].to_numpy()
         part["task_type"] = task_type[ok].where(task_type[ok].notna(), _task_type_of_metric(m)).to_numpy()
+        part["eval_type"] = [e if isinstance(e, str) and e else default_eval_type(t, m)
+                             for e, t in zip(eval_types[ok], part["task_type"])]
         part["_derived"] = False
         if m in CLASSIFICATION_METRICS:
             moved = seg_row[ok].to_numpy()
-            part.loc[moved, "task"] = SEGMENTATION_ZEROSHOT_TASK
+            part.loc[moved, ["task", "dataset"]] = SEGMENTATION_ZEROSHOT_TASK
             part.loc[moved, "task_type"] = "zeroshot_classification"
+            part.loc[moved, "eval_type"] = "similarity"
             part["_derived"] = moved
         part["metric"] = m
         part["value"] = v[ok].to_numpy(dtype=float)
@@ -315,7 +363,6 @@ def import_scaling_laws(table, out: str | os.PathLike | None = None):
         own = pd.MultiIndex.from_frame(df.loc[~derived, key])
         dup = pd.MultiIndex.from_frame(df.loc[derived, key]).isin(own)
         df = df.drop(index=df.index[derived][dup])
-    df["dataset"] = df["task"]
     df["status"] = "ok"
     df["source"] = src
     df = df.sort_values(key, kind="stable").reset_index(drop=True)

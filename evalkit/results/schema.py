@@ -20,8 +20,11 @@ IDENTITY_COLUMNS: tuple[str, ...] = ("model", "arch", "family", "checkpoint", *S
 # table written before evalkit recorded them lacks them, and every reader tolerates that.
 REFERENCE_IDENTITY_COLUMNS: tuple[str, ...] = tuple(c for c in SPEC_COLUMNS if c not in ("epoch", "samples_seen"))
 COMPUTE_COLUMNS: tuple[str, ...] = ("gflops_per_sample", "gflops_total")
-# `limit`: N when `--limit N` cut the task to its first N samples (a smoke test), empty for the whole split
-MEASURE_COLUMNS: tuple[str, ...] = ("task", "task_type", "dataset", "split", "metric", "value", "n_samples", "limit")
+# `eval_type`: how the score was read from the model (similarity / log_likelihood, as the reference
+# tables say it; probe for a fitted classifier). `limit`: N when `--limit N` cut the task to its first N
+# samples (a smoke test), empty for the whole split
+MEASURE_COLUMNS: tuple[str, ...] = ("task", "task_type", "eval_type", "dataset", "split", "metric", "value",
+                                    "n_samples", "limit")
 PROVENANCE_COLUMNS: tuple[str, ...] = ("task_hash", "evalkit_version", "open_clip_version", "torch_version", "device",
                                        "precision", "batch_size", "duration_s", "finished_at", "status", "error")
 # The tidy table (what results.parquet holds, what importers write and fit reads) ...
@@ -50,11 +53,14 @@ def build_rows(spec: ModelSpec, task: Any, uid: str, *, metrics: Mapping[str, fl
                arch: str | None = None, family: str | None = None) -> list[dict[str, Any]]:
     """The rows of one unit: one per reported metric (a task file's `metrics:` selects among the
     protocol's), or one row with no value (metric = the task's main metric) for a failed unit."""
+    from evalkit.tasks.base import eval_type
+
     base = {**identity(spec, arch, family), "gflops_per_sample": None, "gflops_total": None,
             "task": task.name, "task_type": task.type, "dataset": task.dataset, "split": task.split,
             "limit": getattr(task, "limit", None), "task_hash": task.hash, "duration_s": round(duration, 4), "finished_at": now(),
             "status": status, "error": error, "unit_id": uid, **provenance}
     if metrics is None:
-        return [{**base, "metric": task.main_metric or "error", "value": None, "n_samples": 0}]
-    return [{**base, "metric": m, "value": v, "n_samples": n_samples} for m, v in metrics.items()
-            if not task.metrics or m in task.metrics]
+        main = task.main_metric or "error"
+        return [{**base, "eval_type": eval_type(task, main), "metric": main, "value": None, "n_samples": 0}]
+    return [{**base, "eval_type": eval_type(task, m), "metric": m, "value": v, "n_samples": n_samples}
+            for m, v in metrics.items() if not task.metrics or m in task.metrics]

@@ -175,6 +175,10 @@ class TaskRunner:
 
     default_metrics: ClassVar[list[str]] = []  # every metric it computes; a task file's `metrics:` picks some
     default_main_metric: ClassVar[str] = ""
+    # How a score is read from the model, as the reference tables' `eval_type` column says it:
+    # "similarity" (image-text embeddings), "log_likelihood" (the captioning decoder), "probe" (a
+    # classifier fit on frozen features, which the reference tables do not hold).
+    eval_type: ClassVar[str] = "similarity"
     # The task-file keys it takes beyond the common ones, with types and defaults: the registry refuses
     # unknown keys and wrong types and fills in the defaults, so they are part of the task hash.
     Options: ClassVar[type] = NoOptions
@@ -185,6 +189,12 @@ class TaskRunner:
         and/or "captioner" (the decoder). The plan leaves out units whose model lacks one (a `cap`
         checkpoint has no contrastive head); default: the contrastive head."""
         return frozenset({"contrastive"})
+
+    @classmethod
+    def eval_type_of(cls, spec: TaskSpec, metric: str) -> str:
+        """The `eval_type` of one metric's rows (a protocol mixing kinds, as `losses` or `segmentation`,
+        says per metric or per option)."""
+        return cls.eval_type
 
     @classmethod
     def cost_per_image(cls, spec: TaskSpec) -> float:
@@ -218,6 +228,12 @@ class TaskRunner:
 
     def result(self, log_samples: bool = False) -> TaskResult:
         raise NotImplementedError
+
+
+def eval_type(spec: TaskSpec, metric: str) -> str | None:
+    """The `eval_type` column of a result row: its protocol's, None for a type evalkit has no protocol for."""
+    proto = protocols().get(spec.type)
+    return proto.eval_type_of(spec, metric) if proto is not None else None
 
 
 def open_task(spec: TaskSpec, root: Path | str) -> tuple[TaskSpec, ImageSource]:

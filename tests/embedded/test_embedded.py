@@ -151,8 +151,8 @@ def test_largest_budget_far_above_chance(embedded_world: Path) -> None:
     from evalkit.embedded.zeroshot import load_checkpoint_model, zeroshot_accuracy
 
     best = {}
-    for spec in GRID:
-        if spec.samples_per_epoch == max(s.samples_per_epoch for s in GRID):
+    for spec in GRID:  # the contrastive runs (cap's are checked generatively: tests/embedded/test_world_selection.py)
+        if spec.family != "cap" and spec.samples_per_epoch == max(s.samples_per_epoch for s in GRID):
             best[spec.name] = zeroshot_accuracy(load_checkpoint_model(spec, spec.epochs, embedded_world), spec.model)
     chance = 1 / len(world.CLASSNAMES)
     assert max(best.values()) > 0.8 and min(best.values()) > 3 * chance, best

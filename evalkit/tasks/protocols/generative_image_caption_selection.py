@@ -98,6 +98,7 @@ class GenerativeImageCaptionSelection(TaskRunner):
     needs = "caption_context"
     default_metrics = list(SELECTION_METRICS)
     default_main_metric = "acc"
+    eval_type = "log_likelihood"
 
     @classmethod
     def heads(cls, spec: TaskSpec) -> frozenset[str]:

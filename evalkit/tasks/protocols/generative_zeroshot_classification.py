@@ -140,6 +140,7 @@ class GenerativeZeroShotClassification(TaskRunner):
     needs = "caption_context"
     default_metrics = ["acc1", "acc5", "mean_per_class_recall"]
     default_main_metric = "acc1"
+    eval_type = "log_likelihood"
 
     def __init__(self, spec: TaskSpec, source: ImageSource) -> None:
         super().__init__(spec, source)

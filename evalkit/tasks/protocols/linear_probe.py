@@ -463,6 +463,7 @@ class LinearProbe(TaskRunner):
     Options = LinearProbeOptions
     default_metrics: ClassVar[list[str]] = ["lp_acc1", "lp_acc5", "lp_mean_per_class_recall", "weight_decay"]
     default_main_metric = "lp_acc1"
+    eval_type = "probe"
 
     @classmethod
     def check_options(cls, spec: TaskSpec) -> None:

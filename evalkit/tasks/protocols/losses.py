@@ -78,6 +78,10 @@ class Losses(TaskRunner):
     default_main_metric = "contrastive_loss"
 
     @classmethod
+    def eval_type_of(cls, spec: TaskSpec, metric: str) -> str:
+        return "log_likelihood" if metric == "caption_loss" else "similarity"
+
+    @classmethod
     def heads(cls, spec: TaskSpec) -> frozenset[str]:
         return frozenset()  # each metric reads the head it needs; a missing head gives NaN for its metrics
 

@@ -147,6 +147,10 @@ class Segmentation(TaskRunner):
     default_metrics: ClassVar[list[str]] = ["miou", "pixel_acc"]
     default_main_metric = "miou"
 
+    @classmethod
+    def eval_type_of(cls, spec: TaskSpec, metric: str) -> str:
+        return "similarity" if spec.options.get("protocol") == "zero-shot" else "probe"
+
     def __init__(self, spec: TaskSpec, source: ImageSource) -> None:
         super().__init__(spec, source)
         self.protocol, self.settings = protocol_options(spec)
