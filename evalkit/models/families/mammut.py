@@ -307,11 +307,14 @@ class MaMMUT(nn.Module):
         and the LM head only at non-pad labels (the ones CoCaLoss ignores are skipped). Single process.
         """
         feats, tokens = self.visual(image)
-        img = F.normalize(feats, dim=-1)
-        txt = self.encode_text(text)
-        logits = self.logit_scale.exp() * img @ txt.T
-        target = torch.arange(logits.shape[0], device=logits.device)
-        clip = clip_loss_weight * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        if clip_loss_weight:
+            img = F.normalize(feats, dim=-1)
+            txt = self.encode_text(text)
+            logits = self.logit_scale.exp() * img @ txt.T
+            target = torch.arange(logits.shape[0], device=logits.device)
+            clip = clip_loss_weight * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        else:  # a cap run: no contrastive pass at all (its gradient would be exactly zero)
+            clip = feats.new_zeros(())
         nonpad = (text != self.pad_id).any(dim=0).nonzero()
         text = text[:, : max(int(nonpad.max()) + 1 if nonpad.numel() else 0, 2)]
         labels = text[:, 1:]
