@@ -8,17 +8,18 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install install-test embedded demo test test-all test-slurm test-browser lint bench clean
 
-# evalkit and its runtime dependencies: all `make demo` needs
+# evalkit and its runtime dependencies: all `make demo` needs. --no-compile: byte-compiling torch's
+# thousands of modules at install took ~20 s of CPU; Python compiles the few it imports on first use.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e .
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-compile torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-compile -e .
 	touch $@
 
 # plus the test-only references and tools (clip_benchmark, torchmetrics, datasets, scikit-image, pytest,
 # ruff, submitit): a third of the set-up time, which the demo does not pay
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-compile -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed

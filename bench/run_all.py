@@ -13,7 +13,8 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     cmds = [["bench_cache.py"], ["bench_grid.py"], ["bench_grid.py", "--styles", "", "--scale-copies", "4"],
             ["bench_fit.py"], ["bench_plan.py"], ["bench_probe.py"],
-            ["bench_generative.py", "--images", "8", "--classes", "10", "--batch", "8", "--record"]]
+            ["bench_generative.py", "--images", "8", "--classes", "10", "--batch", "8", "--record"],
+            ["bench_rerank.py", "--record"]]
     import shutil
 
     if any(shutil.which(c) for c in ("chromium", "chromium-browser", "google-chrome")):  # the page's load time
