@@ -317,3 +317,21 @@ def test_zoo_names_every_released_openmammut(name):
     spec = resolve_model_arg(name)  # no download: the zoo entry alone
     assert spec.model == f"hf-hub:{OPENMAMMUT[name]}" and spec.pretrained is None
     assert spec.family == "mammut" and spec.name == name
+
+
+def test_a_params_txt_run_without_contrastive_loss_is_cap(tmp_path):
+    """open_clip_train writes `coca_contrastive_loss_weight` to params.txt: 0 on a MaMMUT run is the paper's
+    `cap` (its weights look like any MaMMUT's); on a CoCa, or a MaMMUT with the loss on, the weights decide."""
+    from evalkit.grids.runs import spec_for_checkpoint
+
+    def family(arch: str, weight: str | None, given: str | None = None) -> str | None:
+        run = tmp_path / f"{arch}-{weight}-{given}"
+        (run / "checkpoints").mkdir(parents=True)
+        line = f"coca_contrastive_loss_weight: {weight}\n" if weight is not None else ""
+        (run / "params.txt").write_text(f"model: {arch}\ntrain_num_samples: 1000\n{line}")
+        return spec_for_checkpoint(run / "checkpoints" / "epoch_1.pt", family=given).family
+
+    assert family("mammut_ViT-B-32", "0.0") == "cap" and family("mammut_tiny-S", "0") == "cap"
+    assert family("mammut_ViT-B-32", "1.0") is None and family("mammut_ViT-B-32", None) is None
+    assert family("coca_ViT-B-32", "0.0") is None  # a CoCa stays a CoCa
+    assert family("mammut_ViT-B-32", "0.0", given="mammut") == "mammut"  # --family wins
