@@ -62,6 +62,8 @@ def evalkit_names(dataset: str, ref_task: object, eval_type: object) -> tuple[st
     if task_type == "suite" or str(task_type).startswith(GENERATIVE_TYPE_PREFIX):
         return dataset + GENERATIVE_TASK_SUFFIX, task_type
     return dataset, task_type
+
+
 # In the reference's segmentation table (task semantic_segmentation, downstream_dataset ade20k) the
 # zero-shot classification columns hold the ImageNet-1k results of the same checkpoint (its `path`
 # is the imagenet1k JSON); evalkit.fit.table reads them the same way.
