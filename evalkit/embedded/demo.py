@@ -73,15 +73,15 @@ def main(out: str = "results/demo") -> int:
                 print(f"  plot: {path}")
         if (ok.task == "shapes_generative").any():
             gen = fit_table(ok, task="shapes_generative", metric="acc1", x="gflops_total", by="family",
-                            frontier="nondominated", form="power")
+                            frontier="nondominated", form="power", out=Path(out) / "fit_generative")
             print("\ngenerative zero-shot fit, cap vs mammut (1 - acc1 of shapes_generative vs total GFLOPs; "
-                  "the paper's figure 11 in miniature)")
+                  f"the paper's figure 11 in miniature) -> {Path(out) / 'fit_generative'}")
             print(gen.coefficients.to_string(index=False))
     except Exception as e:  # the fit is a summary; the table is the product
         print(f"\nfit skipped: {type(e).__name__}: {e}")
     from evalkit.report import build_report
 
-    report = build_report(out)  # the fit folder inside `out` is drawn on the shapes plots
+    report = build_report(out)  # the fit folders inside `out` are drawn on the shapes and shapes_generative plots
     for w in report.warnings:
         print(f"report: warning: {w}")
     print(f"\nreport (one file, opens offline): {report.path}")
