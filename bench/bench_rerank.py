@@ -13,6 +13,7 @@ time of each unit (the decoder's cost falls as K / 10).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -50,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        import os
-
         os.environ["EVALKIT_TASKS"] = str(tmp)
         names = _task_files(tmp)
         for epoch in map(int, args.epochs.split(",")):

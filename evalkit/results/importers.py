@@ -25,6 +25,7 @@ from evalkit.results.schema import REFERENCE_IDENTITY_COLUMNS, TIDY_COLUMNS
 
 # evalkit task types that the reference names otherwise (the `task` column of its tables).
 REFERENCE_TASK_TYPES = {"segmentation": "semantic_segmentation"}
+EVALKIT_TASK_TYPES = {v: k for k, v in REFERENCE_TASK_TYPES.items()}  # the reference's name -> evalkit's
 # The reference tables name a generative result by its contrastive twin's dataset and task type plus
 # `eval_type = log_likelihood` (arXiv:2506.04598's figure 11 selects imagenet1k, log_likelihood);
 # evalkit's task and protocol names carry it (imagenet1k_generative, generative_zeroshot_classification).
@@ -53,7 +54,7 @@ def reference_names(task: str, task_type: object, eval_type: object) -> tuple[st
 def evalkit_names(dataset: str, ref_task: object, eval_type: object) -> tuple[str, object]:
     """(task, task_type) of evalkit for a reference row's (downstream_dataset, task, eval_type): the inverse
     of `reference_names` for the protocols evalkit has both ways (classification, caption selection)."""
-    task_type = {v: k for k, v in REFERENCE_TASK_TYPES.items()}.get(ref_task, ref_task)
+    task_type = EVALKIT_TASK_TYPES.get(ref_task, ref_task)
     generative = eval_type == LOG_LIKELIHOOD or str(task_type).startswith(GENERATIVE_TYPE_PREFIX)
     if not generative or dataset.endswith(GENERATIVE_TASK_SUFFIX):
         return dataset, task_type
